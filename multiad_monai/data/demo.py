@@ -1,0 +1,93 @@
+"""The embedded brain demo: real anatomy (nilearn's MNI152 T1 template, shipped in the nilearn wheel) with
+per-subject deformations, bias fields and noise, plus synthetic hyperintense lesions with known masks.
+
+Written as NIfTI in the ``volumes`` layout (``imagesTr``/``labelsTr``/``imagesTs``/``labelsTs``), once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["build_brain_demo"]
+
+logger = logging.getLogger(__name__)
+
+
+def _template() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
+
+    template = load_mni152_template(resolution=2)
+    brain = load_mni152_brain_mask(resolution=2).get_fdata() > 0
+    return template.get_fdata().astype(np.float32), brain, template.affine
+
+
+def _deform(volume: np.ndarray, rng: np.random.Generator, order: int) -> np.ndarray:
+    """Small random scaling and in-plane rotation about the volume centre (same draw for image and mask)."""
+    angle = np.deg2rad(rng.uniform(-6, 6))
+    scale = rng.uniform(0.93, 1.07, size=3)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    matrix = rotation @ np.diag(1 / scale)
+    centre = (np.array(volume.shape) - 1) / 2
+    offset = centre - matrix @ centre
+    return ndimage.affine_transform(volume, matrix, offset=offset, order=order)
+
+
+def _subject(template: np.ndarray, brain: np.ndarray, rng: np.random.Generator, n_lesions: int):
+    seed = int(rng.integers(1 << 31))
+    image = _deform(template, np.random.default_rng(seed), order=1)
+    brain = _deform(brain.astype(np.float32), np.random.default_rng(seed), order=0) > 0.5
+    # smooth multiplicative bias field, as from a receive coil
+    bias = ndimage.gaussian_filter(rng.normal(0, 1, size=image.shape), sigma=12)
+    image = image * (1 + 0.15 * bias / (np.abs(bias).max() + 1e-8))
+    lesions = np.zeros(image.shape, dtype=bool)
+    grid = np.indices(image.shape).astype(np.float32)
+    candidates = np.argwhere(ndimage.binary_erosion(brain, iterations=6))
+    for _ in range(n_lesions):
+        centre = candidates[rng.integers(len(candidates))]
+        radii = rng.uniform(2.5, 6.0, size=3)
+        distance = sum(((grid[i] - centre[i]) / radii[i]) ** 2 for i in range(3))
+        blob = (distance <= 1) & brain
+        lesions |= blob
+        # hyperintense core with a soft rim, like a FLAIR lesion
+        image = image + rng.uniform(0.35, 0.6) * np.exp(-distance) * (distance <= 1.6) * brain
+    image = image + rng.normal(0, 0.02, size=image.shape)
+    image = np.clip(image, 0, None) * brain
+    return image.astype(np.float32), lesions.astype(np.uint8)
+
+
+def build_brain_demo(out_dir: str, n_train: int = 8, n_test: int = 6, seed: int = 0) -> str:
+    """Create the demo dataset in ``out_dir`` unless it exists; returns ``out_dir``.
+
+    Training subjects: ``n_train`` volumes, half of them with lesions (their lesion slices are excluded
+    from training by the slicing transform). Test subjects: ``n_test`` volumes, all but one with lesions.
+    """
+    if os.path.isdir(os.path.join(out_dir, "imagesTs")):
+        return out_dir
+    logger.info(f"building the brain demo dataset in {out_dir}")
+    template, brain, affine = _template()
+    rng = np.random.default_rng(seed)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".demo-")
+    try:
+        for split, n, suffix in (("Tr", n_train, "train"), ("Ts", n_test, "test")):
+            os.makedirs(os.path.join(tmp, f"images{split}"))
+            os.makedirs(os.path.join(tmp, f"labels{split}"))
+            for i in range(n):
+                n_lesions = int(rng.integers(1, 4)) if (split == "Ts" and i > 0) or (split == "Tr" and i % 2) else 0
+                image, mask = _subject(template, brain, rng, n_lesions)
+                name = f"sub-{suffix}{i:02d}.nii.gz"
+                nib.save(nib.Nifti1Image(image, affine), os.path.join(tmp, f"images{split}", name))
+                nib.save(nib.Nifti1Image(mask, affine), os.path.join(tmp, f"labels{split}", name))
+        os.replace(tmp, out_dir)  # appears whole or not at all
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

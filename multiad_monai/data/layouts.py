@@ -1,0 +1,134 @@
+"""Index a dataset folder into ``{split: [{image, label, mask?}, ...]}``, detecting its on-disk layout.
+
+Layouts:
+
+- ``volumes``: ``imagesTr/*.nii.gz`` (+ optional ``labelsTr/`` with the same file names), ``imagesTs/`` +
+  ``labelsTs/``. Lesion labels > 0; slices are cut later, training keeps lesion-free slices only.
+- ``bmad``: ``train/good[/img]``, ``{valid,test}/{good,Ungood}[/img]``, masks in ``anomaly_mask/`` or ``label/``.
+- ``mvtec``: ``train/good``, ``test/<type>``, ``ground_truth/<type>/<stem>_mask.png``.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["detect_layout", "index_dataset", "IMAGE_EXTENSIONS", "VOLUME_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+
+
+def _files(folder: str, extensions: tuple[str, ...]) -> list[str]:
+    if not os.path.isdir(folder):
+        return []
+    return sorted(
+        os.path.join(folder, f)
+        for f in os.listdir(folder)
+        if f.lower().endswith(extensions) and not f.startswith(".")
+    )
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(path)
+    for ext in sorted(IMAGE_EXTENSIONS + VOLUME_EXTENSIONS, key=len, reverse=True):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return os.path.splitext(name)[0]
+
+
+def detect_layout(root: str) -> str:
+    """Return ``"volumes"``, ``"bmad"`` or ``"mvtec"`` for a dataset folder, or raise naming what is missing."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"dataset_dir {root} does not exist")
+    if os.path.isdir(os.path.join(root, "imagesTr")):
+        return "volumes"
+    if os.path.isdir(os.path.join(root, "train", "good")):
+        has_bmad = any(os.path.isdir(os.path.join(root, s, "Ungood")) for s in ("test", "valid"))
+        return "bmad" if has_bmad else "mvtec"
+    raise ValueError(
+        f"cannot tell the layout of {root}: expected imagesTr/ (3D volumes), or train/good/ with test/<type>/ "
+        "(MVTec) or {valid,test}/{good,Ungood}/ (BMAD)"
+    )
+
+
+def _index_volumes(root: str) -> dict[str, list[dict]]:
+    splits = {}
+    for split, images_dir, labels_dir in (("train", "imagesTr", "labelsTr"), ("test", "imagesTs", "labelsTs")):
+        items = []
+        for image in _files(os.path.join(root, images_dir), VOLUME_EXTENSIONS):
+            label = os.path.join(root, labels_dir, os.path.basename(image))
+            item = {"image": image}
+            if os.path.isfile(label):
+                item["mask"] = label
+            elif split == "test":
+                raise FileNotFoundError(f"test volume {image} has no segmentation {label}")
+            items.append(item)
+        splits[split] = items
+    return splits
+
+
+def _image_dir(folder: str) -> str:
+    """BMAD keeps images either directly in the class folder or in its ``img/`` subfolder."""
+    return os.path.join(folder, "img") if os.path.isdir(os.path.join(folder, "img")) else folder
+
+
+def _index_bmad(root: str) -> dict[str, list[dict]]:
+    splits = {"train": [{"image": p, "label": 0} for p in _files(_image_dir(os.path.join(root, "train", "good")), IMAGE_EXTENSIONS)]}
+    for split in ("valid", "test"):
+        items = []
+        for cls, label in (("good", 0), ("Ungood", 1)):
+            folder = os.path.join(root, split, cls)
+            mask_dir = next((os.path.join(folder, m) for m in ("anomaly_mask", "label") if os.path.isdir(os.path.join(folder, m))), None)
+            for image in _files(_image_dir(folder), IMAGE_EXTENSIONS):
+                item = {"image": image, "label": label}
+                if mask_dir:
+                    matches = [p for p in _files(mask_dir, IMAGE_EXTENSIONS) if _stem(p) in (_stem(image), _stem(image) + "_mask")]
+                    if not matches:
+                        raise FileNotFoundError(f"{image} has no mask in {mask_dir}")
+                    item["mask"] = matches[0]
+                items.append(item)
+        if items:
+            splits[split] = items
+    return splits
+
+
+def _index_mvtec(root: str) -> dict[str, list[dict]]:
+    splits = {"train": [{"image": p, "label": 0} for p in _files(os.path.join(root, "train", "good"), IMAGE_EXTENSIONS)]}
+    test_dir, gt_dir = os.path.join(root, "test"), os.path.join(root, "ground_truth")
+    has_masks = os.path.isdir(gt_dir)
+    items = []
+    for defect in sorted(os.listdir(test_dir)) if os.path.isdir(test_dir) else []:
+        if not os.path.isdir(os.path.join(test_dir, defect)):
+            continue
+        for image in _files(os.path.join(test_dir, defect), IMAGE_EXTENSIONS):
+            item = {"image": image, "label": int(defect != "good")}
+            if has_masks and defect != "good":
+                candidates = [os.path.join(gt_dir, defect, _stem(image) + "_mask" + ext) for ext in IMAGE_EXTENSIONS]
+                mask = next((c for c in candidates if os.path.isfile(c)), None)
+                if mask is None:
+                    raise FileNotFoundError(f"anomalous test image {image} has no ground truth {candidates[0]}")
+                item["mask"] = mask
+            items.append(item)
+    splits["test"] = items
+    return splits
+
+
+def index_dataset(root: str) -> tuple[str, dict[str, list[dict]]]:
+    """Detect the layout of ``root`` and list its samples per split.
+
+    Returns:
+        ``(layout, {"train": [...], "test": [...], "valid": [...]?})``; items are ``{"image": path,
+        "label": 0/1, "mask": path?}`` (for volumes, labels come from the segmentation later).
+
+    Raises:
+        FileNotFoundError / ValueError naming the folder or file when the layout is broken or a split is empty.
+    """
+    layout = detect_layout(root)
+    splits = {"volumes": _index_volumes, "bmad": _index_bmad, "mvtec": _index_mvtec}[layout](root)
+    train_dir = {"volumes": "imagesTr", "bmad": "train/good", "mvtec": "train/good"}[layout]
+    if not splits.get("train"):
+        raise ValueError(f"no training images found in {os.path.join(root, train_dir)}")
+    if not splits.get("test"):
+        raise ValueError(f"no test images found in {root} ({layout} layout)")
+    return layout, splits
+

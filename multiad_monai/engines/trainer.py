@@ -1,0 +1,143 @@
+"""The Multi-AD training step: student distillation + adversarial step, then the discriminator step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+
+import torch
+from monai.engines import Trainer
+from monai.engines.utils import default_metric_cmp_fn, default_prepare_batch
+from monai.utils import CommonKeys as Keys
+from torch.optim import Optimizer
+
+from multiad_monai.engines.utils import MultiADIterationEvents, MultiADKeys
+from multiad_monai.losses import AdversarialLoss, DistillationLoss
+from multiad_monai.networks.multiad import MultiAD
+
+__all__ = ["MultiADTrainer"]
+
+
+class MultiADTrainer(Trainer):
+    """Trains the student of a :class:`MultiAD` to match its frozen teacher, with a feature discriminator.
+
+    Each iteration: (1) the student minimises ``distillation + adversarial_weight * BCE(D(student), real)``;
+    (2) the discriminator minimises ``BCE(D(teacher), real) + BCE(D(student.detach()), fake)``. With
+    ``adversarial_weight=0`` the discriminator is not trained (pure distillation). AMP and fp32 share one path.
+
+    Args:
+        device: where the batch and the network live.
+        max_epochs: number of epochs.
+        train_data_loader: batches of dicts with an ``image`` ``(N, 3, H, W)`` in ``[0, 1]``.
+        network: the :class:`MultiAD` model.
+        optimizer: optimiser of the student's parameters.
+        discriminator_optimizer: optimiser of the discriminator's parameters.
+        adversarial_weight: weight of the student's adversarial loss.
+        distillation_loss: defaults to :class:`DistillationLoss`.
+        amp: autocast + gradient scaling (bf16 autocast on CPU).
+        other args: see ``monai.engines.SupervisedTrainer``.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        network: MultiAD,
+        optimizer: Optimizer,
+        discriminator_optimizer: Optimizer,
+        adversarial_weight: float = 0.1,
+        distillation_loss: Callable | None = None,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable = default_prepare_batch,
+        key_train_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+        metric_cmp_fn: Callable = default_metric_cmp_fn,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        optim_set_to_none: bool = False,
+        to_kwargs: dict | None = None,
+        amp_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            handlers=train_handlers,
+            amp=amp,
+            event_names=[MultiADIterationEvents],
+            decollate=False,
+            to_kwargs=to_kwargs,
+            amp_kwargs=amp_kwargs,
+        )
+        self.network = network
+        self.optimizer = optimizer
+        self.discriminator_optimizer = discriminator_optimizer
+        self.adversarial_weight = adversarial_weight
+        self.distillation_loss = distillation_loss or DistillationLoss()
+        self.adversarial_loss = AdversarialLoss()
+        device_type = torch.device(device).type
+        self.student_scaler = torch.amp.GradScaler(device_type, enabled=amp)
+        self.discriminator_scaler = torch.amp.GradScaler(device_type, enabled=amp)
+        self.optim_set_to_none = optim_set_to_none
+
+    def _autocast(self):
+        if not self.amp:
+            return nullcontext()
+        return torch.autocast(self.state.device.type, **(self.amp_kwargs or {}))
+
+    @staticmethod
+    def _step(loss: torch.Tensor, scaler: torch.amp.GradScaler, optimizer: Optimizer) -> None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    def _iteration(self, engine: MultiADTrainer, batchdata: dict) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        images = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[0]
+        network = engine.network
+        network.train()
+        output: dict = {Keys.IMAGE: images}
+        engine.state.output = output
+
+        # student step
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        with engine._autocast():
+            features = network(images)
+            engine.fire_event(MultiADIterationEvents.STUDENT_FORWARD_COMPLETED)
+            distillation = engine.distillation_loss(features.teacher, features.student)
+            loss = distillation
+            if engine.adversarial_weight > 0:
+                fake_logits = network.discriminator(features.student[-1])
+                adversarial = engine.adversarial_loss(fake_logits, is_teacher=True)
+                loss = distillation + engine.adversarial_weight * adversarial
+                output[MultiADKeys.ADVERSARIAL_LOSS] = adversarial.detach()
+        output[MultiADKeys.DISTILLATION_LOSS] = distillation.detach()
+        output[Keys.LOSS] = loss.detach()
+        engine.fire_event(MultiADIterationEvents.STUDENT_LOSS_COMPLETED)
+        engine._step(loss, engine.student_scaler, engine.optimizer)
+        engine.fire_event(MultiADIterationEvents.STUDENT_BACKWARD_COMPLETED)
+
+        # discriminator step, on detached features
+        if engine.adversarial_weight > 0:
+            engine.discriminator_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+            with engine._autocast():
+                real_logits = network.discriminator(features.teacher[-1].detach())
+                fake_logits = network.discriminator(features.student[-1].detach())
+                d_loss = 0.5 * (
+                    engine.adversarial_loss(real_logits, is_teacher=True)
+                    + engine.adversarial_loss(fake_logits, is_teacher=False)
+                )
+            output[MultiADKeys.DISCRIMINATOR_LOSS] = d_loss.detach()
+            engine.fire_event(MultiADIterationEvents.DISCRIMINATOR_LOSS_COMPLETED)
+            engine._step(d_loss, engine.discriminator_scaler, engine.discriminator_optimizer)
+            engine.fire_event(MultiADIterationEvents.DISCRIMINATOR_BACKWARD_COMPLETED)
+        return output

@@ -1,0 +1,48 @@
+"""Fill the model's normal-score statistics after training, so the checkpoint is self-contained."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import torch
+from ignite.engine import Engine, Events
+from monai.utils import CommonKeys as Keys
+
+from multiad_monai.networks.multiad import MultiAD
+
+__all__ = ["CalibrationHandler"]
+
+
+class CalibrationHandler:
+    """On ``COMPLETED``, run the network on held-out normal images and store their score statistics.
+
+    Args:
+        network: the trained :class:`MultiAD`.
+        data_loader: normal images not used for training (batches of dicts with ``image``).
+        event: when to calibrate; defaults to the end of training.
+    """
+
+    def __init__(self, network: MultiAD, data_loader: Iterable, event: Events = Events.COMPLETED) -> None:
+        self.network = network
+        self.data_loader = data_loader
+        self.event = event
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(self.event, self)
+
+    @torch.no_grad()
+    def __call__(self, engine: Engine) -> None:
+        device = next(self.network.parameters()).device
+        self.network.eval()
+        scores, maps = [], []
+        for batch in self.data_loader:
+            result = self.network(torch.as_tensor(batch[Keys.IMAGE]).to(device))
+            scores.append(result.pred_score.float().cpu())
+            maps.append(result.anomaly_map.float().cpu())
+        self.network.calibrate(torch.cat(scores), torch.cat(maps))
+        self.logger.info(
+            f"calibrated on {len(torch.cat(scores))} normal images: image threshold "
+            f"{self.network.image_threshold.item():.4f}, pixel threshold {self.network.pixel_threshold.item():.4f}"
+        )

@@ -1,0 +1,26 @@
+"""Finding and clearing the per-epoch training checkpoints written by ``monai.handlers.CheckpointSaver``."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+
+__all__ = ["last_checkpoint", "clear_checkpoints"]
+
+
+def _epoch(path: str) -> int:
+    match = re.search(r"epoch=(\d+)", os.path.basename(path))
+    return int(match.group(1)) if match else -1
+
+
+def last_checkpoint(checkpoint_dir: str) -> str | None:
+    """The checkpoint of the latest completed epoch in ``checkpoint_dir``, or None."""
+    paths = [p for p in glob.glob(os.path.join(checkpoint_dir, "*epoch=*.pt")) if _epoch(p) >= 0]
+    return max(paths, key=_epoch) if paths else None
+
+
+def clear_checkpoints(checkpoint_dir: str) -> None:
+    """Remove epoch checkpoints of an earlier run, so a fresh run never resumes from them by mistake."""
+    for path in glob.glob(os.path.join(checkpoint_dir, "*epoch=*.pt")):
+        os.remove(path)

@@ -1,0 +1,131 @@
+"""Multi-AD (Rahmaniar & Suzuki, Pattern Recognition 2025): teacher-student distillation with an
+adversarial discriminator on the deepest features. The module holds no training logic."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from multiad_monai.networks.anomaly_map import AnomalyMapGenerator
+from multiad_monai.networks.discriminator import FeatureDiscriminator
+from multiad_monai.networks.encoders import build_student, build_teacher, feature_channels
+
+__all__ = ["MultiAD", "AnomalyOutput", "DistillationFeatures"]
+
+
+class DistillationFeatures(NamedTuple):
+    """Training output: per-scale features, deepest last."""
+
+    teacher: list[torch.Tensor]
+    student: list[torch.Tensor]
+
+
+class AnomalyOutput(NamedTuple):
+    """Eval output: raw anomaly map ``(N, 1, H, W)`` and image score ``(N,)``."""
+
+    anomaly_map: torch.Tensor
+    pred_score: torch.Tensor
+
+
+class MultiAD(nn.Module):
+    """Frozen ImageNet teacher, SE student of the same topology, feature discriminator, anomaly-map head.
+
+    Normal-score statistics are buffers (filled by :meth:`calibrate`), so a saved state dict alone gives
+    normalised scores in ``[0, 1]`` where 0.5 is the default threshold.
+
+    Args:
+        teacher: teacher/student topology, see ``multiad_monai.networks.encoders.TEACHERS``.
+        layers: distilled stages (default: strides 4, 8, 16); the discriminator sees the last one.
+        teacher_weights: local file with the teacher's ImageNet weights (default: the packaged ones).
+        allow_download: let MONAI download missing teacher weights (``seresnet50`` only).
+        fusion, sigma, score, topk_ratio: see :class:`AnomalyMapGenerator`.
+        discriminator_channels: conv widths of the discriminator.
+        threshold_sigmas: default threshold = mean + this many standard deviations of normal scores.
+    """
+
+    def __init__(
+        self,
+        teacher: str = "efficientnet-lite0",
+        layers: Sequence[str] | None = None,
+        teacher_weights: str | None = None,
+        allow_download: bool = False,
+        fusion: str = "sum",
+        sigma: float = 4.0,
+        score: str = "max",
+        topk_ratio: float = 0.01,
+        discriminator_channels: Sequence[int] = (128, 128),
+        threshold_sigmas: float = 3.0,
+    ) -> None:
+        super().__init__()
+        self.teacher_name = teacher
+        self.teacher = build_teacher(teacher, layers, teacher_weights, allow_download)
+        self.student = build_student(teacher, layers)
+        self.discriminator = FeatureDiscriminator(feature_channels(teacher, layers)[-1], tuple(discriminator_channels))
+        self.anomaly_map = AnomalyMapGenerator(fusion, sigma, score, topk_ratio)
+        self.threshold_sigmas = threshold_sigmas
+        for name in ("score_mean", "score_std", "pixel_mean", "pixel_std"):
+            self.register_buffer(name, torch.tensor(float("nan")))
+
+    def train(self, mode: bool = True) -> MultiAD:
+        super().train(mode)
+        self.teacher.eval()  # frozen: BN statistics stay ImageNet's
+        return self
+
+    def forward(self, images: torch.Tensor) -> DistillationFeatures | AnomalyOutput:
+        """
+        Args:
+            images: ``(N, 3, H, W)`` in ``[0, 1]``.
+
+        Returns:
+            in training mode the teacher and student features; in eval mode an :class:`AnomalyOutput`.
+        """
+        with torch.no_grad():
+            teacher_features = self.teacher(images)
+        student_features = self.student(images)
+        if self.training:
+            return DistillationFeatures(teacher_features, student_features)
+        anomaly_map, score = self.anomaly_map(teacher_features, student_features, images.shape[-2:])
+        return AnomalyOutput(anomaly_map, score)
+
+    @property
+    def is_calibrated(self) -> bool:
+        return bool(torch.isfinite(self.score_std))
+
+    @torch.no_grad()
+    def calibrate(self, scores: torch.Tensor, maps: torch.Tensor) -> None:
+        """Store normal-image statistics.
+
+        Args:
+            scores: image scores of normal images not used for training ``(N,)``.
+            maps: their anomaly maps ``(N, 1, H, W)``.
+        """
+        if scores.numel() < 2:
+            raise ValueError(f"calibration needs at least 2 normal images, got {scores.numel()}")
+        self.score_mean.copy_(scores.float().mean())
+        self.score_std.copy_(scores.float().std().clamp_min(1e-8))
+        self.pixel_mean.copy_(maps.float().mean())
+        self.pixel_std.copy_(maps.float().std().clamp_min(1e-8))
+
+    @property
+    def image_threshold(self) -> torch.Tensor:
+        return self.score_mean + self.threshold_sigmas * self.score_std
+
+    @property
+    def pixel_threshold(self) -> torch.Tensor:
+        return self.pixel_mean + self.threshold_sigmas * self.pixel_std
+
+    def normalize_score(self, score: torch.Tensor) -> torch.Tensor:
+        """Map raw scores to ``[0, 1]``: normal mean -> 0, threshold -> 0.5."""
+        return self._normalize(score, self.score_mean, self.score_std)
+
+    def normalize_map(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """Map raw anomaly maps to ``[0, 1]`` with the normal pixel statistics (threshold -> 0.5)."""
+        return self._normalize(anomaly_map, self.pixel_mean, self.pixel_std)
+
+    def _normalize(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        if not self.is_calibrated:
+            raise RuntimeError("the model is not calibrated: run calibration on normal images after training")
+        return ((x - mean) / (2 * self.threshold_sigmas * std)).clamp(0.0, 1.0)

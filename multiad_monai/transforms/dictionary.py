@@ -1,0 +1,113 @@
+"""Dictionary wrappers of the Multi-AD transforms."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+from multiad_monai.transforms.array import EnsureRGB, VolumeToSlices, source_name
+
+__all__ = ["EnsureRGBd", "EnsureMaskd", "VolumeToSlicesd"]
+
+
+class EnsureRGBd(MapTransform):
+    """Dictionary version of :class:`EnsureRGB`."""
+
+    backend = EnsureRGB.backend
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = EnsureRGB()
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+class EnsureMaskd(MapTransform):
+    """Give every sample a binary ``(1, H, W)`` mask: all-zero when absent (normal images), else binarised.
+
+    A mask whose spatial shape differs from its image raises a ``ValueError`` naming both files.
+
+    Args:
+        mask_key: key of the mask.
+        image_key: key of the image whose shape the mask must match.
+    """
+
+    def __init__(self, mask_key: str = "mask", image_key: str = "image") -> None:
+        super().__init__([mask_key], allow_missing_keys=True)
+        self.mask_key = mask_key
+        self.image_key = image_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        image = d[self.image_key]
+        spatial = tuple(image.shape[1:])
+        mask = d.get(self.mask_key)
+        if mask is None or isinstance(mask, str) and not mask:
+            d[self.mask_key] = torch.zeros((1, *spatial), dtype=torch.float32)
+            return d
+        if tuple(mask.shape[1:]) != spatial:
+            raise ValueError(
+                f"mask {source_name(mask)} has size {tuple(mask.shape[1:])} but its image "
+                f"{source_name(image)} has size {spatial}"
+            )
+        d[self.mask_key] = (mask[:1] > 0).float()
+        return d
+
+
+class VolumeToSlicesd(MapTransform):
+    """Slice image (and mask) volumes into a list of 2D sample dicts, one per slice.
+
+    Each slice dict gets ``label`` = 1 if its mask slice has any lesion voxel, else 0. Slices whose
+    foreground (image > ``foreground_threshold``) covers less than ``min_foreground`` of the slice are dropped.
+
+    Args:
+        keys: image key first, then optionally the mask key.
+        axis, slice_range: see :class:`VolumeToSlices`.
+        min_foreground: minimum fraction of foreground pixels to keep a slice (0 keeps all).
+        foreground_threshold: intensity above which a pixel counts as foreground.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        axis: int = 2,
+        slice_range: Sequence[int] | None = None,
+        min_foreground: float = 0.0,
+        foreground_threshold: float = 0.05,
+        allow_missing_keys: bool = True,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.slicer = VolumeToSlices(axis, slice_range)
+        self.min_foreground = min_foreground
+        self.foreground_threshold = foreground_threshold
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> list[dict[Hashable, torch.Tensor]]:
+        d = dict(data)
+        image_key, *other_keys = self.keys
+        images = self.slicer(d[image_key])
+        sliced = {key: self.slicer(d[key]) for key in other_keys if key in d and not isinstance(d[key], str)}
+        for key, slices in sliced.items():
+            if tuple(d[key].shape[1:]) != tuple(d[image_key].shape[1:]):
+                raise ValueError(
+                    f"{key} {source_name(d[key])} has size {tuple(d[key].shape[1:])} but its volume "
+                    f"{source_name(d[image_key])} has size {tuple(d[image_key].shape[1:])}"
+                )
+        samples = []
+        for i, image in enumerate(images):
+            if (image > self.foreground_threshold).float().mean() < self.min_foreground:
+                continue
+            sample = {k: v for k, v in d.items() if k not in self.keys}
+            sample[image_key] = image
+            for key, slices in sliced.items():
+                sample[key] = slices[i]
+            mask_key = other_keys[0] if other_keys else None
+            sample["label"] = int(bool(mask_key in sliced and (sliced[mask_key][i] > 0).any()))
+            samples.append(sample)
+        return samples
