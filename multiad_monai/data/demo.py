@@ -51,12 +51,15 @@ def _subject(template: np.ndarray, brain: np.ndarray, rng: np.random.Generator, 
     candidates = np.argwhere(ndimage.binary_erosion(brain, iterations=6))
     for _ in range(n_lesions):
         centre = candidates[rng.integers(len(candidates))]
-        radii = rng.uniform(2.5, 6.0, size=3)
-        distance = sum(((grid[i] - centre[i]) / radii[i]) ** 2 for i in range(3))
+        radii = rng.uniform(3.0, 7.0, size=3)
+        distance = np.sqrt(sum(((grid[i] - centre[i]) / radii[i]) ** 2 for i in range(3)))
         blob = (distance <= 1) & brain
         lesions |= blob
-        # hyperintense core with a soft rim, like a FLAIR lesion
-        image = image + rng.uniform(0.35, 0.6) * np.exp(-distance) * (distance <= 1.6) * brain
+        # a dark necrotic-looking core inside a bright rim, blended smoothly into the tissue
+        weight = np.clip(1.3 - distance, 0, 1) * brain
+        core = rng.uniform(0.1, 0.25) + 0.05 * rng.normal(size=image.shape)
+        rim = np.exp(-(((distance - 1.0) / 0.25) ** 2)) * brain
+        image = (1 - weight) * image + weight * core + rng.uniform(0.2, 0.35) * rim
     image = image + rng.normal(0, 0.02, size=image.shape)
     image = np.clip(image, 0, None) * brain
     return image.astype(np.float32), lesions.astype(np.uint8)

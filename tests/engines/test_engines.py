@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.data import DataLoader
+
+from multiad_monai.engines import MultiADEvaluator, MultiADIterationEvents, MultiADKeys, MultiADTrainer, loss_logs
+from multiad_monai.metrics import ImageAUROC, PixelAUROC
+from multiad_monai.networks import MultiAD
+
+
+def _loader(n: int = 8, size: int = 32, with_masks: bool = False):
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(n):
+        item = {"image": torch.rand(3, size, size, generator=g), "label": i % 2}
+        if with_masks:
+            mask = torch.zeros(1, size, size)
+            if i % 2:
+                mask[:, 4:12, 4:12] = 1
+            item["mask"] = mask
+        items.append(item)
+    return DataLoader(items, batch_size=4)
+
+
+def _trainer(network, adversarial_weight):
+    return MultiADTrainer(
+        device="cpu",
+        max_epochs=2,
+        train_data_loader=_loader(),
+        network=network,
+        optimizer=torch.optim.Adam(network.student.parameters(), 1e-3),
+        discriminator_optimizer=torch.optim.Adam(network.discriminator.parameters(), 1e-3),
+        adversarial_weight=adversarial_weight,
+    )
+
+
+def test_training_step_fires_events_in_order_and_updates_only_student_and_discriminator():
+    torch.manual_seed(0)
+    network = MultiAD()
+    teacher_before = [p.clone() for p in network.teacher.parameters()]
+    disc_before = [p.clone() for p in network.discriminator.parameters()]
+    trainer = _trainer(network, adversarial_weight=0.1)
+    fired = []
+    for event in MultiADIterationEvents:
+        trainer.add_event_handler(event, lambda engine, e=event: fired.append(e))
+    trainer.run()
+    assert fired[:5] == list(MultiADIterationEvents)
+    assert len(fired) == 5 * 4  # 2 epochs x 2 iterations
+    assert set(loss_logs(trainer.state.output)) == {"loss", "distillation_loss", "adversarial_loss", "discriminator_loss"}
+    assert all(torch.equal(a, b) for a, b in zip(teacher_before, network.teacher.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(disc_before, network.discriminator.parameters()))
+
+
+def test_zero_adversarial_weight_is_pure_distillation():
+    torch.manual_seed(0)
+    network = MultiAD()
+    disc_before = [p.clone() for p in network.discriminator.parameters()]
+    trainer = _trainer(network, adversarial_weight=0.0)
+    trainer.run()
+    assert MultiADKeys.DISCRIMINATOR_LOSS not in trainer.state.output
+    assert trainer.state.output["loss"] == trainer.state.output[MultiADKeys.DISTILLATION_LOSS]
+    assert all(torch.equal(a, b) for a, b in zip(disc_before, network.discriminator.parameters()))
+
+
+def test_distillation_loss_decreases():
+    torch.manual_seed(0)
+    network = MultiAD()
+    trainer = _trainer(network, adversarial_weight=0.0)
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
+    trainer.state.max_epochs = 6
+    trainer.run()
+    assert losses[-1] < losses[0]
+
+
+def test_evaluator_outputs_and_metrics():
+    network = MultiAD()
+    evaluator = MultiADEvaluator(
+        device="cpu",
+        val_data_loader=_loader(with_masks=True),
+        network=network,
+        key_val_metric={"image_auroc": ImageAUROC()},
+        additional_metrics={"pixel_auroc": PixelAUROC()},
+    )
+    evaluator.run()
+    output = evaluator.state.output
+    assert output[MultiADKeys.ANOMALY_MAP].shape == (4, 1, 32, 32)
+    assert output[MultiADKeys.PRED_SCORE].shape == (4,) and output[MultiADKeys.MASK].dtype == torch.bool
+    assert 0.0 <= evaluator.state.metrics["image_auroc"] <= 1.0
+    assert 0.0 <= evaluator.state.metrics["pixel_auroc"] <= 1.0
+
+
+def test_trainer_rejects_missing_batch():
+    trainer = _trainer(MultiAD(), 0.1)
+    with pytest.raises(ValueError, match="batch data"):
+        trainer._iteration(trainer, None)

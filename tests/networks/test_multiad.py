@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from multiad_monai.networks import AnomalyMapGenerator, AnomalyOutput, DistillationFeatures, FeatureDiscriminator, MultiAD
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MultiAD()
+
+
+def test_training_forward_returns_features_and_keeps_teacher_in_eval(model):
+    model.train()
+    out = model(torch.rand(2, 3, 64, 64))
+    assert isinstance(out, DistillationFeatures)
+    assert not model.teacher.training and model.student.training
+    assert not any(f.requires_grad for f in out.teacher) and all(f.requires_grad for f in out.student)
+
+
+def test_eval_forward_returns_map_and_score(model):
+    model.eval()
+    out = model(torch.rand(3, 3, 64, 48))
+    assert isinstance(out, AnomalyOutput)
+    assert out.anomaly_map.shape == (3, 1, 64, 48) and out.pred_score.shape == (3,)
+    assert torch.allclose(out.pred_score, out.anomaly_map.flatten(1).amax(1))
+
+
+def test_calibration_buffers_travel_in_the_state_dict(model, tmp_path):
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        MultiAD().normalize_score(torch.tensor([1.0]))
+    scores = torch.tensor([1.0, 2.0, 3.0])
+    model.calibrate(scores, torch.rand(3, 1, 8, 8))
+    assert model.normalize_score(scores.mean()).item() == pytest.approx(0.0)
+    assert model.normalize_score(model.image_threshold).item() == pytest.approx(0.5)
+    path = tmp_path / "model.pt"
+    torch.save(model.state_dict(), path)
+    other = MultiAD()
+    other.load_state_dict(torch.load(path, weights_only=True))
+    assert other.is_calibrated and other.image_threshold.item() == pytest.approx(model.image_threshold.item())
+
+
+def test_calibration_needs_two_images(model):
+    with pytest.raises(ValueError, match="at least 2"):
+        model.calibrate(torch.tensor([1.0]), torch.rand(1, 1, 4, 4))
+
+
+def test_discriminator_logits():
+    disc = FeatureDiscriminator(112)
+    assert disc(torch.rand(4, 112, 8, 8)).shape == (4, 1)
+
+
+@pytest.mark.parametrize("fusion", ["sum", "product"])
+@pytest.mark.parametrize("score", ["max", "topk"])
+def test_anomaly_map_is_zero_when_student_matches(fusion, score):
+    head = AnomalyMapGenerator(fusion=fusion, sigma=2.0, score=score)
+    features = [torch.rand(2, 8, 16, 16), torch.rand(2, 16, 8, 8)]
+    anomaly_map, pred_score = head(features, [f.clone() for f in features], (32, 32))
+    assert anomaly_map.shape == (2, 1, 32, 32)
+    assert anomaly_map.abs().max() < 1e-5 and pred_score.abs().max() < 1e-5
+
+
+def test_anomaly_map_localises_a_disagreement():
+    head = AnomalyMapGenerator(sigma=1.0)
+    teacher = [torch.ones(1, 4, 16, 16)]
+    student = [torch.ones(1, 4, 16, 16)]
+    student[0][:, :, 4:6, 10:12] = -1.0
+    anomaly_map, score = head(teacher, student, (32, 32))
+    peak = divmod(int(anomaly_map.flatten().argmax()), 32)
+    assert 8 <= peak[0] <= 12 and 20 <= peak[1] <= 24 and score.item() > 1.0
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"fusion": "mean"}, {"score": "median"}, {"topk_ratio": 0.0}]
+)
+def test_anomaly_map_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        AnomalyMapGenerator(**kwargs)

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from multiad_monai.losses import AdversarialLoss, DistillationLoss
+
+
+def test_distillation_loss_is_zero_for_equal_and_two_for_opposite_features():
+    features = [torch.rand(2, 4, 8, 8) + 0.1, torch.rand(2, 6, 4, 4) + 0.1]
+    loss = DistillationLoss()
+    assert loss(features, features).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(features, [-f for f in features]).item() == pytest.approx(2.0, abs=1e-5)
+
+
+def test_distillation_loss_weights_scales():
+    t = [torch.ones(1, 2, 2, 2), torch.ones(1, 2, 2, 2)]
+    s = [torch.ones(1, 2, 2, 2), -torch.ones(1, 2, 2, 2)]
+    assert DistillationLoss([3.0, 1.0])(t, s).item() == pytest.approx(0.5)
+
+
+def test_distillation_loss_checks_scale_count():
+    with pytest.raises(ValueError, match="2 teacher and 1 student"):
+        DistillationLoss()([torch.ones(1)] * 2, [torch.ones(1)])
+
+
+def test_adversarial_loss_targets():
+    loss = AdversarialLoss()
+    confident_real = torch.full((4, 1), 10.0)
+    assert loss(confident_real, is_teacher=True).item() < 1e-3
+    assert loss(confident_real, is_teacher=False).item() > 5
