@@ -94,7 +94,8 @@ def load_datasets(
 
     rng = np.random.default_rng(seed)
     train_items = list(splits["train"])
-    held_out = set(rng.permutation(len(train_items))[: max(1, round(calibration_fraction * len(train_items)))].tolist())
+    # calibration needs at least two samples to estimate a spread
+    held_out = set(rng.permutation(len(train_items))[: max(2, round(calibration_fraction * len(train_items)))].tolist())
     if len(held_out) >= len(train_items):
         raise ValueError(f"{dataset_dir} has too few training samples ({len(train_items)}) to hold out calibration data")
     calibration_items = [item for i, item in enumerate(train_items) if i in held_out]

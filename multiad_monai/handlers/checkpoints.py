@@ -6,7 +6,9 @@ import glob
 import os
 import re
 
-__all__ = ["last_checkpoint", "clear_checkpoints"]
+from monai.handlers import CheckpointSaver
+
+__all__ = ["AtomicCheckpointSaver", "last_checkpoint", "clear_checkpoints"]
 
 
 def _epoch(path: str) -> int:
@@ -24,3 +26,17 @@ def clear_checkpoints(checkpoint_dir: str) -> None:
     """Remove epoch checkpoints of an earlier run, so a fresh run never resumes from them by mistake."""
     for path in glob.glob(os.path.join(checkpoint_dir, "*epoch=*.pt")):
         os.remove(path)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """``monai.handlers.CheckpointSaver`` that writes through a temporary file and a rename.
+
+    MONAI turns ignite's atomic saving off (for file permissions, which ignite now sets itself), so a run
+    killed while saving would leave a truncated checkpoint that a resume then fails to read.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler._atomic = True

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import MLFlowHandler
 from PIL import Image
 
 from multiad_monai.engines.utils import MultiADKeys
@@ -26,10 +27,14 @@ class OverlaySaver:
         output_dir: the PNGs go to ``{output_dir}/overlays/``.
         network: the evaluated model, for its calibration statistics.
         num_images: how many overlays to write.
+        mlflow_handler: when given, the overlays are also logged to its run as MLflow images under ``overlays/``.
     """
 
-    def __init__(self, output_dir: str, network: MultiAD, num_images: int = 8) -> None:
+    def __init__(
+        self, output_dir: str, network: MultiAD, num_images: int = 8, mlflow_handler: MLFlowHandler | None = None
+    ) -> None:
         self.overlay_dir = os.path.join(output_dir, "overlays")
+        self.mlflow_handler = mlflow_handler
         self.network = network
         self.per_class = max(1, num_images // 2)
         self.samples: dict[int, list] = {0: [], 1: []}
@@ -63,7 +68,10 @@ class OverlaySaver:
             maps = (maps - maps.min()) / (maps.max() - maps.min()).clamp_min(1e-8)
         for index, ((label, (image, _, mask)), anomaly_map) in enumerate(zip(kept, maps)):
             name = f"{index:02d}_{'anomalous' if label else 'normal'}.png"
-            rgb = overlay(image.numpy(), anomaly_map.numpy(), mask)
-            Image.fromarray(np.concatenate([overlay(image.numpy(), np.zeros_like(anomaly_map), None, 0.0), rgb], 1)).save(
-                os.path.join(self.overlay_dir, name)
+            side_by_side = np.concatenate(
+                [overlay(image.numpy(), np.zeros_like(anomaly_map), None, 0.0), overlay(image.numpy(), anomaly_map.numpy(), mask)], 1
             )
+            Image.fromarray(side_by_side).save(os.path.join(self.overlay_dir, name))
+            run = getattr(self.mlflow_handler, "cur_run", None)
+            if run is not None:
+                self.mlflow_handler.client.log_image(run.info.run_id, side_by_side, artifact_file=f"overlays/{name}")

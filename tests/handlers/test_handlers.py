@@ -57,3 +57,21 @@ def test_overlay_saver_writes_pngs(tmp_path):
     OverlaySaver(str(tmp_path), network, num_images=2).attach(engine)
     engine.run([0], max_epochs=1)
     assert sorted(os.listdir(tmp_path / "overlays")) == ["00_anomalous.png", "01_normal.png"]
+
+
+def test_atomic_checkpoint_saver_writes_through_a_temporary_file(tmp_path, monkeypatch):
+    from multiad_monai.handlers import AtomicCheckpointSaver
+
+    saver = AtomicCheckpointSaver(str(tmp_path), {"net": torch.nn.Linear(2, 2)}, save_interval=1, save_final=True)
+    assert saver._interval_checkpoint.save_handler._atomic and saver._final_checkpoint.save_handler._atomic
+    engine = Engine(lambda e, b: None)
+    saver.attach(engine)
+
+    def interrupted_save(obj, f, **kwargs):
+        f.write(b"partial")
+        raise KeyboardInterrupt  # a kill in the middle of writing
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run([0], max_epochs=1)
+    assert os.listdir(tmp_path) == []  # no truncated checkpoint left behind
