@@ -9,7 +9,9 @@ from scipy import ndimage
 __all__ = ["overlay"]
 
 
-def overlay(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.5) -> np.ndarray:
+def overlay(
+    image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.5
+) -> np.ndarray:
     """Blend a ``[0, 1]`` anomaly map over an image.
 
     Args:

@@ -97,7 +97,9 @@ def load_datasets(
     # calibration needs at least two samples to estimate a spread
     held_out = set(rng.permutation(len(train_items))[: max(2, round(calibration_fraction * len(train_items)))].tolist())
     if len(held_out) >= len(train_items):
-        raise ValueError(f"{dataset_dir} has too few training samples ({len(train_items)}) to hold out calibration data")
+        raise ValueError(
+            f"{dataset_dir} has too few training samples ({len(train_items)}) to hold out calibration data"
+        )
     calibration_items = [item for i, item in enumerate(train_items) if i in held_out]
     fit_items = [item for i, item in enumerate(train_items) if i not in held_out]
 
@@ -108,7 +110,9 @@ def load_datasets(
                 EnsureChannelFirstd(["image", "mask"], allow_missing_keys=True),
                 Orientationd(["image", "mask"], axcodes="RAS", allow_missing_keys=True),
                 scale,
-                VolumeToSlicesd(["image", "mask"], axis=slice_axis, slice_range=slice_range, min_foreground=min_foreground),
+                VolumeToSlicesd(
+                    ["image", "mask"], axis=slice_axis, slice_range=slice_range, min_foreground=min_foreground
+                ),
             ]
         )
         per_slice = Compose([EnsureMaskd(), resize])
@@ -118,7 +122,13 @@ def load_datasets(
     else:
         load = Compose(
             [
-                LoadImaged(["image", "mask"], reader="PILReader", reverse_indexing=False, image_only=True, allow_missing_keys=True),
+                LoadImaged(
+                    ["image", "mask"],
+                    reader="PILReader",
+                    reverse_indexing=False,
+                    image_only=True,
+                    allow_missing_keys=True,
+                ),
                 EnsureChannelFirstd(["image", "mask"], allow_missing_keys=True),
                 scale,
                 EnsureMaskd(),
@@ -137,9 +147,7 @@ def load_datasets(
     for split in ("train", "calibration"):
         if not loaded[split]:
             raise ValueError(f"no normal {split} samples left in {dataset_dir} after slicing/holding out")
-    has_masks = any(
-        "mask" in item for item in splits["test"]
-    ) or layout == "volumes"
+    has_masks = any("mask" in item for item in splits["test"]) or layout == "volumes"
     counts = {split: len(s) for split, s in loaded.items()}
     logger.info(f"{dataset_dir} ({layout} layout): {counts}")
     return AnomalyData(

@@ -22,9 +22,7 @@ def _files(folder: str, extensions: tuple[str, ...]) -> list[str]:
     if not os.path.isdir(folder):
         return []
     return sorted(
-        os.path.join(folder, f)
-        for f in os.listdir(folder)
-        if f.lower().endswith(extensions) and not f.startswith(".")
+        os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(extensions) and not f.startswith(".")
     )
 
 
@@ -73,16 +71,27 @@ def _image_dir(folder: str) -> str:
 
 
 def _index_bmad(root: str) -> dict[str, list[dict]]:
-    splits = {"train": [{"image": p, "label": 0} for p in _files(_image_dir(os.path.join(root, "train", "good")), IMAGE_EXTENSIONS)]}
+    splits = {
+        "train": [
+            {"image": p, "label": 0} for p in _files(_image_dir(os.path.join(root, "train", "good")), IMAGE_EXTENSIONS)
+        ]
+    }
     for split in ("valid", "test"):
         items = []
         for cls, label in (("good", 0), ("Ungood", 1)):
             folder = os.path.join(root, split, cls)
-            mask_dir = next((os.path.join(folder, m) for m in ("anomaly_mask", "label") if os.path.isdir(os.path.join(folder, m))), None)
+            mask_dir = next(
+                (os.path.join(folder, m) for m in ("anomaly_mask", "label") if os.path.isdir(os.path.join(folder, m))),
+                None,
+            )
             for image in _files(_image_dir(folder), IMAGE_EXTENSIONS):
                 item = {"image": image, "label": label}
                 if mask_dir:
-                    matches = [p for p in _files(mask_dir, IMAGE_EXTENSIONS) if _stem(p) in (_stem(image), _stem(image) + "_mask")]
+                    matches = [
+                        p
+                        for p in _files(mask_dir, IMAGE_EXTENSIONS)
+                        if _stem(p) in (_stem(image), _stem(image) + "_mask")
+                    ]
                     if not matches:
                         raise FileNotFoundError(f"{image} has no mask in {mask_dir}")
                     item["mask"] = matches[0]
@@ -93,7 +102,9 @@ def _index_bmad(root: str) -> dict[str, list[dict]]:
 
 
 def _index_mvtec(root: str) -> dict[str, list[dict]]:
-    splits = {"train": [{"image": p, "label": 0} for p in _files(os.path.join(root, "train", "good"), IMAGE_EXTENSIONS)]}
+    splits = {
+        "train": [{"image": p, "label": 0} for p in _files(os.path.join(root, "train", "good"), IMAGE_EXTENSIONS)]
+    }
     test_dir, gt_dir = os.path.join(root, "test"), os.path.join(root, "ground_truth")
     has_masks = os.path.isdir(gt_dir)
     items = []
@@ -131,4 +142,3 @@ def index_dataset(root: str) -> tuple[str, dict[str, list[dict]]]:
     if not splits.get("test"):
         raise ValueError(f"no test images found in {root} ({layout} layout)")
     return layout, splits
-

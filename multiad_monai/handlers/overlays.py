@@ -69,7 +69,11 @@ class OverlaySaver:
         for index, ((label, (image, _, mask)), anomaly_map) in enumerate(zip(kept, maps)):
             name = f"{index:02d}_{'anomalous' if label else 'normal'}.png"
             side_by_side = np.concatenate(
-                [overlay(image.numpy(), np.zeros_like(anomaly_map), None, 0.0), overlay(image.numpy(), anomaly_map.numpy(), mask)], 1
+                [
+                    overlay(image.numpy(), np.zeros_like(anomaly_map), None, 0.0),
+                    overlay(image.numpy(), anomaly_map.numpy(), mask),
+                ],
+                1,
             )
             Image.fromarray(side_by_side).save(os.path.join(self.overlay_dir, name))
             run = getattr(self.mlflow_handler, "cur_run", None)

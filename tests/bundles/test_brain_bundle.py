@@ -24,9 +24,23 @@ METRIC_KEYS = {"image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "tra
 
 
 def run_bundle(run_id: str, out: str, *args: str, config=TRAIN, timeout: int = 600) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config,
-               "--bundle_root", os.path.join(ROOT, "bundles", "brain"), "--output_dir", out,
-               "--ckpt_path", os.path.join(out, "model.pt"), *TINY, *args]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        run_id,
+        "--config_file",
+        config,
+        "--bundle_root",
+        os.path.join(ROOT, "bundles", "brain"),
+        "--output_dir",
+        out,
+        "--ckpt_path",
+        os.path.join(out, "model.pt"),
+        *TINY,
+        *args,
+    ]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
@@ -66,8 +80,15 @@ def test_training_logs_a_real_mlflow_run(trained):
 
 def test_evaluate_reproduces_the_training_metrics(trained, mvtec_dir, tmp_path):
     out = str(tmp_path)
-    result = run_bundle("evaluating", out, "--dataset_dir", mvtec_dir, "--ckpt_path", os.path.join(trained, "model.pt"),
-                        config=f"['{TRAIN}','{EVALUATE}']")
+    result = run_bundle(
+        "evaluating",
+        out,
+        "--dataset_dir",
+        mvtec_dir,
+        "--ckpt_path",
+        os.path.join(trained, "model.pt"),
+        config=f"['{TRAIN}','{EVALUATE}']",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.load(open(os.path.join(out, "metrics.json")))
     trained_metrics = json.load(open(os.path.join(trained, "metrics.json")))
@@ -84,10 +105,30 @@ def test_missing_dataset_dir_fails_before_training(tmp_path):
 
 def test_killed_run_resumes_from_last_epoch(volumes_dir, tmp_path):
     out = str(tmp_path)
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN,
-               "--bundle_root", os.path.join(ROOT, "bundles", "brain"), "--output_dir", out,
-               "--ckpt_path", os.path.join(out, "model.pt"), "--dataset_dir", volumes_dir, "--epochs", "12",
-               "--min_foreground", "0.0", "--calibration_fraction", "0.34", *TINY]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        TRAIN,
+        "--bundle_root",
+        os.path.join(ROOT, "bundles", "brain"),
+        "--output_dir",
+        out,
+        "--ckpt_path",
+        os.path.join(out, "model.pt"),
+        "--dataset_dir",
+        volumes_dir,
+        "--epochs",
+        "12",
+        "--min_foreground",
+        "0.0",
+        "--calibration_fraction",
+        "0.34",
+        *TINY,
+    ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = os.path.join(out, "checkpoints", "checkpoint_epoch=2.pt")
     deadline = time.time() + 300
@@ -101,8 +142,20 @@ def test_killed_run_resumes_from_last_epoch(volumes_dir, tmp_path):
     done = saved["trainer"]["iteration"] // saved["trainer"]["epoch_length"]  # ignite stores the iteration
     assert 2 <= done < 12
 
-    result = run_bundle("training", out, "--dataset_dir", volumes_dir, "--epochs", "12", "--resume", "true",
-                        "--min_foreground", "0.0", "--calibration_fraction", "0.34")
+    result = run_bundle(
+        "training",
+        out,
+        "--dataset_dir",
+        volumes_dir,
+        "--epochs",
+        "12",
+        "--resume",
+        "true",
+        "--min_foreground",
+        "0.0",
+        "--calibration_fraction",
+        "0.34",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert f"Restored all variables from {os.path.join(out, 'checkpoints', f'checkpoint_epoch={done}.pt')}" in log

@@ -48,7 +48,12 @@ def test_training_step_fires_events_in_order_and_updates_only_student_and_discri
     trainer.run()
     assert fired[:5] == list(MultiADIterationEvents)
     assert len(fired) == 5 * 4  # 2 epochs x 2 iterations
-    assert set(loss_logs(trainer.state.output)) == {"loss", "distillation_loss", "adversarial_loss", "discriminator_loss"}
+    assert set(loss_logs(trainer.state.output)) == {
+        "loss",
+        "distillation_loss",
+        "adversarial_loss",
+        "discriminator_loss",
+    }
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, network.teacher.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(disc_before, network.discriminator.parameters()))
 

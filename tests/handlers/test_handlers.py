@@ -8,7 +8,13 @@ import torch
 from ignite.engine import Engine
 from monai.data import DataLoader
 
-from multiad_monai.handlers import CalibrationHandler, MetricsJSONWriter, OverlaySaver, clear_checkpoints, last_checkpoint
+from multiad_monai.handlers import (
+    CalibrationHandler,
+    MetricsJSONWriter,
+    OverlaySaver,
+    clear_checkpoints,
+    last_checkpoint,
+)
 from multiad_monai.handlers.metrics_writer import write_json_atomic
 from multiad_monai.networks import MultiAD
 
@@ -52,7 +58,12 @@ def test_overlay_saver_writes_pngs(tmp_path):
     network = MultiAD()
     mask = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
     mask[1, :, 2:6, 2:6] = True
-    output = {"image": torch.rand(2, 3, 16, 16), "label": torch.tensor([0, 1]), "anomaly_map": torch.rand(2, 1, 16, 16), "mask": mask}
+    output = {
+        "image": torch.rand(2, 3, 16, 16),
+        "label": torch.tensor([0, 1]),
+        "anomaly_map": torch.rand(2, 1, 16, 16),
+        "mask": mask,
+    }
     engine = Engine(lambda e, b: output)
     OverlaySaver(str(tmp_path), network, num_images=2).attach(engine)
     engine.run([0], max_epochs=1)

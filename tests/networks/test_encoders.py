@@ -31,7 +31,10 @@ def test_teacher_and_student_share_feature_shapes(layers):
     t, s = teacher(x), student(x)
     assert [f.shape for f in t] == [f.shape for f in s]
     assert [f.shape[1] for f in t] == feature_channels("efficientnet-lite0", layers)
-    strides = {TEACHERS["efficientnet-lite0"]["strides"][TEACHERS["efficientnet-lite0"]["stages"].index(n)] for n in (layers or ["s1", "s2", "s4"])}
+    strides = {
+        TEACHERS["efficientnet-lite0"]["strides"][TEACHERS["efficientnet-lite0"]["stages"].index(n)]
+        for n in (layers or ["s1", "s2", "s4"])
+    }
     assert {64 // f.shape[-1] for f in t} == strides
 
 

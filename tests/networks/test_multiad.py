@@ -3,7 +3,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multiad_monai.networks import AnomalyMapGenerator, AnomalyOutput, DistillationFeatures, FeatureDiscriminator, MultiAD
+from multiad_monai.networks import (
+    AnomalyMapGenerator,
+    AnomalyOutput,
+    DistillationFeatures,
+    FeatureDiscriminator,
+    MultiAD,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +78,7 @@ def test_anomaly_map_localises_a_disagreement():
     assert 8 <= peak[0] <= 12 and 20 <= peak[1] <= 24 and score.item() > 1.0
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"fusion": "mean"}, {"score": "median"}, {"topk_ratio": 0.0}]
-)
+@pytest.mark.parametrize("kwargs", [{"fusion": "mean"}, {"score": "median"}, {"topk_ratio": 0.0}])
 def test_anomaly_map_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         AnomalyMapGenerator(**kwargs)

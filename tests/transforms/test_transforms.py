@@ -23,7 +23,9 @@ def test_ensure_rgb_names_the_file_on_bad_channels():
 
 
 def test_volume_to_slices_keeps_meta_and_range():
-    volume = MetaTensor(torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(1, 2, 3, 5), meta={"filename_or_obj": "v.nii"})
+    volume = MetaTensor(
+        torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(1, 2, 3, 5), meta={"filename_or_obj": "v.nii"}
+    )
     slices = VolumeToSlices(axis=2, slice_range=(1, 4))(volume)
     assert len(slices) == 3 and slices[0].shape == (1, 2, 3)
     assert [s.meta["slice_index"] for s in slices] == [1, 2, 3]

@@ -1,0 +1,29 @@
+"""Real data smoke test: the brain bundle on ../shared/data/lgg_dev (TCGA-LGG FLAIR slices, MVTec layout).
+
+Skips when the folder is absent (a user's clone). A short, low-resolution run: it checks the real path
+end to end and that the maps carry signal; the accuracy numbers come from the full-size evaluation runs
+reported in the issue notes, not from here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.bundles.test_brain_bundle import run_bundle
+from tests.conftest import SHARED_DATA
+
+LGG = os.path.join(SHARED_DATA, "lgg_dev")
+
+
+@pytest.mark.skipif(not os.path.isdir(LGG), reason="../shared/data/lgg_dev is not present")
+def test_brain_bundle_on_lgg_dev(tmp_path):
+    result = run_bundle("training", str(tmp_path), "--dataset_dir", LGG, "--epochs", "1", "--image_size", "64",
+                        "--batch_size", "32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(os.path.join(tmp_path, "metrics.json")))
+    assert metrics["n_test"] == 591 and metrics["n_train"] == 518 - 52
+    assert metrics["pixel_auroc"] > 0.75
+    assert metrics["image_auroc"] > 0.55
