@@ -21,7 +21,7 @@ from monai.transforms import (
 from multiad_monai.data.layouts import index_dataset
 from multiad_monai.transforms import EnsureMaskd, EnsureRGBd, VolumeToSlicesd
 
-__all__ = ["AnomalyData", "load_datasets"]
+__all__ = ["AnomalyData", "NamedErrorDataset", "apply_named", "load_datasets"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,13 @@ class AnomalyData:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+class NamedErrorDataset(Dataset):
+    """``monai.data.Dataset`` whose loading errors name the sample's files (see :func:`apply_named`)."""
+
+    def _transform(self, index: int):
+        return apply_named(self.transform, self.data[index])
+
+
 def _percentile_scaling(lower: float, upper: float) -> ScaleIntensityRangePercentilesd:
     return ScaleIntensityRangePercentilesd("image", lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True)
 
@@ -47,12 +54,13 @@ def _slice_samples(items: list[dict], transform: Compose, training: bool) -> lis
     """Load each volume once, slice it, keep lesion-free slices for training."""
     samples = []
     for item in items:
-        slices = _apply(transform, item)
+        slices = apply_named(transform, item)
         samples.extend(s for s in slices if not (training and s["label"]))
     return samples
 
 
-def _apply(transform: Compose, item: dict):
+def apply_named(transform: Compose, item: dict):
+    """Apply ``transform`` to a sample dict; on failure raise a ``ValueError`` naming its files and the root cause."""
     try:
         return apply_transform(transform, item)
     except Exception as e:
@@ -118,7 +126,7 @@ def load_datasets(
         per_slice = Compose([EnsureMaskd(), resize])
 
         def samples(items: list[dict], training: bool) -> list[dict]:
-            return [_apply(per_slice, s) for s in _slice_samples(items, load, training)]
+            return [apply_named(per_slice, s) for s in _slice_samples(items, load, training)]
     else:
         load = Compose(
             [
@@ -137,7 +145,7 @@ def load_datasets(
         )
 
         def samples(items: list[dict], training: bool) -> list[dict]:
-            return [_apply(load, item) for item in items]
+            return [apply_named(load, item) for item in items]
 
     to_rgb = EnsureRGBd("image")
     loaded = {"train": samples(fit_items, True), "calibration": samples(calibration_items, True)}

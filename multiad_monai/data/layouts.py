@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["detect_layout", "index_dataset", "IMAGE_EXTENSIONS", "VOLUME_EXTENSIONS"]
+__all__ = ["detect_layout", "file_stem", "index_dataset", "IMAGE_EXTENSIONS", "VOLUME_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
@@ -26,7 +26,8 @@ def _files(folder: str, extensions: tuple[str, ...]) -> list[str]:
     )
 
 
-def _stem(path: str) -> str:
+def file_stem(path: str) -> str:
+    """File name without its (possibly double, e.g. ``.nii.gz``) image extension."""
     name = os.path.basename(path)
     for ext in sorted(IMAGE_EXTENSIONS + VOLUME_EXTENSIONS, key=len, reverse=True):
         if name.lower().endswith(ext):
@@ -90,7 +91,7 @@ def _index_bmad(root: str) -> dict[str, list[dict]]:
                     matches = [
                         p
                         for p in _files(mask_dir, IMAGE_EXTENSIONS)
-                        if _stem(p) in (_stem(image), _stem(image) + "_mask")
+                        if file_stem(p) in (file_stem(image), file_stem(image) + "_mask")
                     ]
                     if not matches:
                         raise FileNotFoundError(f"{image} has no mask in {mask_dir}")
@@ -114,7 +115,9 @@ def _index_mvtec(root: str) -> dict[str, list[dict]]:
         for image in _files(os.path.join(test_dir, defect), IMAGE_EXTENSIONS):
             item = {"image": image, "label": int(defect != "good")}
             if has_masks and defect != "good":
-                candidates = [os.path.join(gt_dir, defect, _stem(image) + "_mask" + ext) for ext in IMAGE_EXTENSIONS]
+                candidates = [
+                    os.path.join(gt_dir, defect, file_stem(image) + "_mask" + ext) for ext in IMAGE_EXTENSIONS
+                ]
                 mask = next((c for c in candidates if os.path.isfile(c)), None)
                 if mask is None:
                     raise FileNotFoundError(f"anomalous test image {image} has no ground truth {candidates[0]}")

@@ -68,6 +68,8 @@ class MultiAD(nn.Module):
         self.threshold_sigmas = threshold_sigmas
         for name in ("score_mean", "score_std", "pixel_mean", "pixel_std"):
             self.register_buffer(name, torch.tensor(float("nan")))
+        # the (H, W) the model was calibrated at, so inference resizes inputs the way training did
+        self.register_buffer("input_size", torch.zeros(2, dtype=torch.long))
 
     def train(self, mode: bool = True) -> MultiAD:
         super().train(mode)
@@ -108,6 +110,7 @@ class MultiAD(nn.Module):
         self.score_std.copy_(scores.float().std().clamp_min(1e-8))
         self.pixel_mean.copy_(maps.float().mean())
         self.pixel_std.copy_(maps.float().std().clamp_min(1e-8))
+        self.input_size.copy_(torch.tensor(maps.shape[-2:]))
 
     @property
     def image_threshold(self) -> torch.Tensor:
