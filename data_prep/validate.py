@@ -1,0 +1,177 @@
+"""Check a prepared dataset folder before training on it.
+
+The layout is detected and indexed with :func:`multiad_monai.data.index_dataset` (the loader's own indexer), then
+every image is opened with PIL and every mask is checked: present for each anomalous valid/test image when the
+dataset has masks, readable, single-channel, of its image's size, binary (0/1 or 0/255), empty for normal images
+and not empty for anomalous ones. A summary table (split, class, images, masks, problems) is printed, followed by
+each problem with its file.
+
+Usage::
+
+    python -m data_prep.validate data/brats      # exit status 0 when clean, 1 when any problem is found
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from multiad_monai.data.layouts import index_dataset
+
+__all__ = ["Problem", "ClassSummary", "ValidationReport", "validate_folder", "main"]
+
+
+@dataclass
+class Problem:
+    """One problem found: the file (or folder) and what is wrong with it."""
+
+    path: str
+    message: str
+    split: str = ""
+    cls: str = ""
+
+
+@dataclass
+class ClassSummary:
+    """Counts of one ``split``/``cls`` folder."""
+
+    split: str
+    cls: str
+    images: int = 0
+    masks: int = 0
+    problems: int = 0
+
+
+@dataclass
+class ValidationReport:
+    """What :func:`validate_folder` found.
+
+    Attributes:
+        root: the checked folder.
+        layout: ``"bmad"``, ``"mvtec"`` or ``"volumes"``; ``None`` when it could not be indexed.
+        classes: counts per split and class, in split order.
+        problems: every problem, with its file.
+    """
+
+    root: str
+    layout: str | None = None
+    classes: list[ClassSummary] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """``True`` when no problem was found."""
+        return not self.problems
+
+    def format(self) -> str:
+        """The summary table followed by the list of problems."""
+        header = ("split", "class", "images", "masks", "problems")
+        rows = [header] + [(c.split, c.cls, str(c.images), str(c.masks), str(c.problems)) for c in self.classes]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = [f"{self.root} ({self.layout or 'unknown'} layout)"]
+        for row in rows:
+            lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if self.ok:
+            lines.append("OK: no problem found")
+        else:
+            lines.append(f"{len(self.problems)} problem(s):")
+            lines += [f"  {p.path}: {p.message}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def _open(path: str) -> tuple[np.ndarray | None, str | None]:
+    """Fully decode an image; return ``(array, None)`` or ``(None, error)``."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image), None
+    except Exception as e:
+        return None, f"unreadable ({type(e).__name__}: {e})"
+
+
+def _class_name(layout: str, split: str, item: dict) -> str:
+    if split == "train" or layout == "bmad":
+        return "Ungood" if item.get("label") else "good"
+    return os.path.basename(os.path.dirname(item["image"]))  # mvtec: the defect type folder
+
+
+def _check_mask(mask_path: str, image: np.ndarray | None, anomalous: bool) -> list[str]:
+    """Problems of one mask (empty list when fine)."""
+    mask, error = _open(mask_path)
+    if mask is None:
+        return [f"mask {error}"]
+    problems = []
+    if mask.ndim != 2:
+        problems.append(f"mask has shape {mask.shape}: expected a single-channel mask")
+        mask = mask.max(axis=-1)
+    if image is not None and mask.shape != image.shape[:2]:
+        problems.append(f"mask size {mask.shape} differs from its image's {image.shape[:2]}")
+    values = set(np.unique(mask).tolist())
+    if not (values <= {0, 255} or values <= {0, 1}):
+        shown = sorted(values)[:6]
+        problems.append(f"mask is not binary: values {shown}{'...' if len(values) > 6 else ''}")
+    elif anomalous and values == {0}:
+        problems.append("mask of an anomalous image is empty")
+    elif not anomalous and values != {0}:
+        problems.append("mask of a normal image is not empty")
+    return problems
+
+
+def validate_folder(path: str) -> ValidationReport:
+    """Check a prepared dataset folder (see the module docstring); never raises for bad data.
+
+    Args:
+        path: a folder in the BMAD (or MVTec) layout.
+
+    Returns:
+        A :class:`ValidationReport`; ``report.ok`` is ``False`` when any problem was found.
+    """
+    report = ValidationReport(root=path)
+    try:
+        report.layout, splits = index_dataset(path)
+    except (OSError, ValueError) as e:
+        report.problems.append(Problem(path, f"cannot index: {e}"))
+        return report
+    if report.layout == "volumes":
+        report.problems.append(Problem(path, "3D volumes layout: validate checks 2D image folders (BMAD, MVTec)"))
+        return report
+    has_masks = any("mask" in item for split in ("valid", "test") for item in splits.get(split, []))
+    summaries: dict[tuple[str, str], ClassSummary] = {}
+    for split in ("train", "valid", "test"):
+        for item in splits.get(split, []):
+            cls = _class_name(report.layout, split, item)
+            summary = summaries.setdefault((split, cls), ClassSummary(split, cls))
+            summary.images += 1
+            image, error = _open(item["image"])
+            problems = [(item["image"], error)] if error else []
+            anomalous = bool(item.get("label"))
+            if "mask" in item:
+                summary.masks += 1
+                problems += [(item["mask"], message) for message in _check_mask(item["mask"], image, anomalous)]
+            elif has_masks and anomalous:
+                problems.append((item["image"], "anomalous image has no mask"))
+            summary.problems += len(problems)
+            report.problems += [Problem(p, message, split, cls) for p, message in problems]
+    if not any(item.get("label") for item in splits.get("test", [])):
+        report.problems.append(Problem(os.path.join(path, "test"), "no anomalous test image", "test"))
+    report.classes = list(summaries.values())
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m data_prep.validate FOLDER``; exit status 1 when any problem is found."""
+    parser = argparse.ArgumentParser(prog="data_prep.validate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", help="a prepared dataset folder (BMAD or MVTec layout)")
+    args = parser.parse_args(argv)
+    report = validate_folder(args.folder)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
