@@ -47,7 +47,9 @@ def test_2d_inputs_give_maps_overlays_and_csv(inferer, tmp_path):
         table = list(csv.DictReader(f))
     assert [r["image"] for r in table] == paths
     for r in table:
-        assert 0.0 <= float(r["normalized_score"]) <= 1.0 and r["is_anomalous"] == str(int(float(r["normalized_score"]) > 0.5))
+        assert 0.0 <= float(r["normalized_score"]) <= 1.0 and r["is_anomalous"] == str(
+            int(float(r["normalized_score"]) > 0.5)
+        )
 
 
 def _volume(path, data, affine):

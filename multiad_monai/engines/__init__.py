@@ -1,3 +1,4 @@
+from .distributed import parameter_checksum, unwrap_ddp, wrap_ddp
 from .evaluator import MultiADEvaluator
 from .trainer import MultiADTrainer
 from .utils import MultiADIterationEvents, MultiADKeys, loss_logs

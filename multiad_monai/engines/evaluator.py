@@ -9,6 +9,7 @@ import torch
 from monai.engines import Evaluator
 from monai.engines.utils import default_metric_cmp_fn
 from monai.utils import CommonKeys as Keys
+from monai.utils import convert_to_tensor
 
 from multiad_monai.engines.utils import MultiADKeys
 from multiad_monai.networks.multiad import MultiAD
@@ -60,18 +61,23 @@ class MultiADEvaluator(Evaluator):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         device, non_blocking = engine.state.device, engine.non_blocking
-        images = torch.as_tensor(batchdata[Keys.IMAGE]).to(device, non_blocking=non_blocking)
+
+        def plain(key: str) -> torch.Tensor:
+            # metrics concatenate and gather whole epochs: batched MetaTensor metadata gets in the way
+            return convert_to_tensor(batchdata[key], track_meta=False).to(device, non_blocking=non_blocking)
+
+        images = plain(Keys.IMAGE)
         autocast = torch.autocast(device.type, **(engine.amp_kwargs or {})) if engine.amp else nullcontext()
         engine.network.eval()
         with torch.no_grad(), autocast:
             result = engine.network(images)
         output = {
             Keys.IMAGE: images,
-            Keys.LABEL: torch.as_tensor(batchdata[Keys.LABEL]).to(device).long().view(-1),
+            Keys.LABEL: plain(Keys.LABEL).long().view(-1),
             MultiADKeys.ANOMALY_MAP: result.anomaly_map.float(),
             MultiADKeys.PRED_SCORE: result.pred_score.float(),
         }
         if MultiADKeys.MASK in batchdata:
-            output[MultiADKeys.MASK] = torch.as_tensor(batchdata[MultiADKeys.MASK]).to(device) > 0
+            output[MultiADKeys.MASK] = plain(MultiADKeys.MASK) > 0
         engine.state.output = output
         return output

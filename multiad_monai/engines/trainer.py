@@ -130,8 +130,9 @@ class MultiADTrainer(Trainer):
         if engine.adversarial_weight > 0:
             engine.discriminator_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
             with engine._autocast():
-                real_logits = network.discriminator(features.teacher[-1].detach())
-                fake_logits = network.discriminator(features.student[-1].detach())
+                # one forward over teacher (real) and student (fake) features: one DDP pass per backward
+                real, fake = features.teacher[-1].detach(), features.student[-1].detach()
+                real_logits, fake_logits = network.discriminator(torch.cat([real, fake])).split(len(real))
                 d_loss = 0.5 * (
                     engine.adversarial_loss(real_logits, is_teacher=True)
                     + engine.adversarial_loss(fake_logits, is_teacher=False)

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import torch
 from ignite.engine import Engine, Events
 from monai.utils import CommonKeys as Keys
+from monai.utils import convert_to_tensor
 
 from multiad_monai.networks.multiad import MultiAD
 
@@ -38,7 +39,7 @@ class CalibrationHandler:
         self.network.eval()
         scores, maps = [], []
         for batch in self.data_loader:
-            result = self.network(torch.as_tensor(batch[Keys.IMAGE]).to(device))
+            result = self.network(convert_to_tensor(batch[Keys.IMAGE], track_meta=False).to(device))
             scores.append(result.pred_score.float().cpu())
             maps.append(result.anomaly_map.float().cpu())
         self.network.calibrate(torch.cat(scores), torch.cat(maps))

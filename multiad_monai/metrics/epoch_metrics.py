@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import ignite.distributed as idist
 import numpy as np
 import torch
+from ignite.exceptions import NotComputableError
 from ignite.metrics import EpochMetric
+from monai.utils import evenly_divisible_all_gather
 
 from multiad_monai.engines.utils import MultiADKeys
 from multiad_monai.metrics import functional
@@ -27,13 +30,30 @@ def _pixel_output(output: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _AnomalyEpochMetric(EpochMetric):
-    """Accumulates the whole epoch on CPU, then calls a ``multiad_monai.metrics.functional`` function."""
+    """Accumulates the whole epoch on CPU, then calls a ``multiad_monai.metrics.functional`` function.
+
+    Under DistributedDataParallel each rank scores a shard of the test set (``even_divisible=False``);
+    shards of unequal length are gathered exactly, so the metric covers every sample once.
+    """
 
     def __init__(self, fn: Callable[..., float], output_transform: Callable, **kwargs) -> None:
         def compute(pred: torch.Tensor, target: torch.Tensor) -> float:
             return fn(pred.numpy(), target.numpy(), **kwargs)
 
         super().__init__(compute, output_transform=output_transform, check_compute_fn=False)
+
+    def compute(self) -> float:
+        if len(self._predictions) < 1:
+            raise NotComputableError("the metric needs at least one batch before it can be computed")
+        predictions, targets = torch.cat(self._predictions), torch.cat(self._targets)
+        if idist.get_world_size() > 1:
+            predictions = evenly_divisible_all_gather(predictions.to(_sync_device()), concat=True).cpu()
+            targets = evenly_divisible_all_gather(targets.to(_sync_device()), concat=True).cpu()
+        return self.compute_fn(predictions, targets)
+
+
+def _sync_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if idist.backend() == "nccl" else torch.device("cpu")
 
 
 class ImageAUROC(_AnomalyEpochMetric):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from multiad_monai.networks import MultiAD
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, "bundles", "brain", "train.json")
 EVALUATE = os.path.join(ROOT, "bundles", "brain", "evaluate.json")
+MULTI_GPU = os.path.join(ROOT, "bundles", "brain", "multi_gpu_train.json")
+INFERENCE = os.path.join(ROOT, "bundles", "brain", "inference.json")
 TINY = ["--image_size", "32", "--batch_size", "4", "--num_overlays", "2"]
 METRIC_KEYS = {"image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "train_seconds", "n_train", "n_test"}
 
@@ -162,3 +165,74 @@ def test_killed_run_resumes_from_last_epoch(volumes_dir, tmp_path):
     assert f"Epoch[{done + 1}] Complete" in log and "Epoch[1] Complete" not in log.split("MultiADEvaluator")[0]
     assert last_checkpoint(os.path.join(out, "checkpoints")).endswith("checkpoint_epoch=12.pt")
     assert set(json.load(open(os.path.join(out, "metrics.json")))) == METRIC_KEYS
+
+
+def test_two_process_ddp_training_on_cpu(mvtec_dir, tmp_path):
+    """torchrun, gloo, 2 ranks: both finish, replicas stay identical, rank 0 alone writes outputs."""
+    out = str(tmp_path)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        f"['{TRAIN}','{MULTI_GPU}']",
+        "--bundle_root",
+        os.path.join(ROOT, "bundles", "brain"),
+        "--dataset_dir",
+        mvtec_dir,
+        "--output_dir",
+        out,
+        "--ckpt_path",
+        os.path.join(out, "model.pt"),
+        "--epochs",
+        "2",
+        "--image_size",
+        "32",
+        "--batch_size",
+        "2",
+        "--num_overlays",
+        "2",
+    ]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    checksums = dict(re.findall(r"rank (\d) student checksum (\S+)", log))
+    assert set(checksums) == {"0", "1"} and checksums["0"] == checksums["1"]
+    assert log.count("metrics written to") == 1
+    assert set(json.load(open(os.path.join(out, "metrics.json")))) == METRIC_KEYS
+    client = mlflow.MlflowClient(tracking_uri="sqlite:///" + os.path.join(out, "mlruns.db"))
+    assert len(client.search_runs([client.get_experiment_by_name("multiad_brain").experiment_id])) == 1
+    network = MultiAD()
+    network.load_state_dict(torch.load(os.path.join(out, "model.pt"), weights_only=True))  # no "module." prefixes
+    assert network.is_calibrated
+
+
+def test_inference_bundle_on_images_and_volumes(trained, mvtec_dir, volumes_dir, tmp_path):
+    out = str(tmp_path / "predictions")
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        INFERENCE,
+        "--bundle_root",
+        os.path.join(ROOT, "bundles", "brain"),
+        "--ckpt_path",
+        os.path.join(trained, "model.pt"),
+        "--output_dir",
+        out,
+    ]
+    for source in (os.path.join(mvtec_dir, "test", "scratch"), os.path.join(volumes_dir, "imagesTs")):
+        result = subprocess.run(
+            [*command, "--input_path", source], cwd=ROOT, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    names = set(os.listdir(out))
+    assert {"000_map.npy", "000_overlay.png", "case0_map.nii.gz", "case0_overlay.png", "scores.csv"} <= names

@@ -20,8 +20,9 @@ LGG = os.path.join(SHARED_DATA, "lgg_dev")
 
 @pytest.mark.skipif(not os.path.isdir(LGG), reason="../shared/data/lgg_dev is not present")
 def test_brain_bundle_on_lgg_dev(tmp_path):
-    result = run_bundle("training", str(tmp_path), "--dataset_dir", LGG, "--epochs", "1", "--image_size", "64",
-                        "--batch_size", "32")
+    result = run_bundle(
+        "training", str(tmp_path), "--dataset_dir", LGG, "--epochs", "1", "--image_size", "64", "--batch_size", "32"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.load(open(os.path.join(tmp_path, "metrics.json")))
     assert metrics["n_test"] == 591 and metrics["n_train"] == 518 - 52

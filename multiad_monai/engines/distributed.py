@@ -1,0 +1,42 @@
+"""DistributedDataParallel for Multi-AD: the two trained parts are wrapped, the frozen teacher is not."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from multiad_monai.networks.multiad import MultiAD
+
+__all__ = ["wrap_ddp", "unwrap_ddp", "parameter_checksum"]
+
+
+def wrap_ddp(network: MultiAD, device: torch.device | str) -> MultiAD:
+    """Wrap the student and the discriminator in DDP, in place; returns ``network``.
+
+    Buffers are not broadcast, so rank 0 can calibrate and evaluate alone without collective calls.
+    """
+    device = torch.device(device)
+    device_ids = [device.index] if device.type == "cuda" else None
+    for name in ("student", "discriminator"):
+        module = getattr(network, name)
+        setattr(network, name, DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False))
+    return network
+
+
+def unwrap_ddp(network: nn.Module) -> nn.Module:
+    """A shallow view of ``network`` with its DDP children replaced by their modules.
+
+    It shares every parameter and buffer with ``network``, so saving it gives the single-process state-dict
+    keys and loading into it restores the wrapped model (resume).
+    """
+    view = copy.copy(network)
+    view._modules = {name: getattr(child, "module", child) for name, child in network._modules.items()}
+    return view
+
+
+def parameter_checksum(module: nn.Module) -> float:
+    """Sum of all parameters in float64: equal across ranks when DDP kept the replicas in sync."""
+    return float(sum(p.detach().double().sum() for p in module.parameters()))
