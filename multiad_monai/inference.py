@@ -27,12 +27,10 @@ from monai.transforms import (
     LoadImage,
     LoadImaged,
     Orientation,
-    ScaleIntensityRangePercentiles,
-    ScaleIntensityRangePercentilesd,
 )
 from PIL import Image
 
-from multiad_monai.data.datasets import NamedErrorDataset
+from multiad_monai.data.datasets import NamedErrorDataset, intensity_transform
 from multiad_monai.data.layouts import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, file_stem
 from multiad_monai.networks.multiad import MultiAD
 from multiad_monai.transforms import EnsureRGB, EnsureRGBd, VolumeToSlices
@@ -89,7 +87,9 @@ class AnomalyInferer:
         network: the trained model; must be calibrated (see ``MultiAD.calibrate``).
         device: where to run.
         batch_size: images (or slices) per forward pass.
-        percentiles: intensity percentiles mapped to [0, 1], as in training.
+        intensity, percentiles, hu_window: the training intensity mapping, see
+            :func:`multiad_monai.data.datasets.intensity_transform`.
+        resize_mode: ``"stretch"`` or ``"pad"`` (to a square first), as in training.
         num_workers: DataLoader workers for 2D inputs.
         top_k_slices: how many most anomalous slices of a volume the CSV lists.
     """
@@ -99,7 +99,10 @@ class AnomalyInferer:
         network: MultiAD,
         device: str | torch.device = "cpu",
         batch_size: int = 16,
+        intensity: str = "percentile",
         percentiles: Sequence[float] = (0.0, 99.5),
+        hu_window: Sequence[float] = (-200.0, 250.0),
+        resize_mode: str = "stretch",
         num_workers: int = 0,
         top_k_slices: int = 3,
     ) -> None:
@@ -108,29 +111,37 @@ class AnomalyInferer:
         self.network = network.to(device).eval()
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.percentiles = tuple(percentiles)
+        self.scale = intensity_transform(intensity, percentiles, hu_window)
+        self.pad = resize_mode == "pad"
         self.num_workers = num_workers
         self.top_k_slices = top_k_slices
         self.size = tuple(int(s) for s in network.input_size.tolist())
 
     @torch.no_grad()
     def _predict(self, images: Sequence[torch.Tensor]) -> Iterator[tuple[np.ndarray, float]]:
-        """Resize ``(3, h, w)`` images to the training size, run, and resize each map back to ``(h, w)``."""
-        batch = torch.stack(
-            [F.interpolate(i[None].float(), size=self.size, mode="bilinear", antialias=True)[0] for i in images]
-        )
-        result = self.network(batch.to(self.device))
-        for image, anomaly_map, score in zip(images, result.anomaly_map, result.pred_score):
-            restored = F.interpolate(anomaly_map[None], size=tuple(image.shape[1:]), mode="bilinear")
-            yield restored[0, 0].cpu().numpy(), float(score)
+        """Bring ``(3, h, w)`` images to the training size (padded to a square first when training was), run,
+        and bring each map back to ``(h, w)``."""
+        boxes, batch = [], []
+        for image in images:
+            h, w = image.shape[1:]
+            side = max(h, w) if self.pad else None
+            top, left = ((side - h) // 2, (side - w) // 2) if side else (0, 0)
+            if side:
+                image = F.pad(image, (left, side - w - left, top, side - h - top))
+            boxes.append((top, left, h, w, tuple(image.shape[1:])))
+            batch.append(F.interpolate(image[None].float(), size=self.size, mode="bilinear", antialias=True)[0])
+        result = self.network(torch.stack(batch).to(self.device))
+        for (top, left, h, w, padded), anomaly_map, score in zip(boxes, result.anomaly_map, result.pred_score):
+            restored = F.interpolate(anomaly_map[None], size=padded, mode="bilinear")[0, 0]
+            yield restored[top : top + h, left : left + w].cpu().numpy(), float(score)
 
     def predict_images(self, paths: Sequence[str]) -> Iterator[tuple[str, np.ndarray, np.ndarray, float]]:
         """Yield ``(path, image (3, H, W) in [0, 1], raw map (H, W), score)`` per 2D file, in batches."""
         transform = Compose(
             [
-                LoadImaged("image", reader="PILReader", reverse_indexing=False, image_only=True),
+                LoadImaged("image", reader="PILReader", reverse_indexing=False, image_only=True, dtype=None),
                 EnsureChannelFirstd("image"),
-                ScaleIntensityRangePercentilesd("image", *self.percentiles, b_min=0.0, b_max=1.0, clip=True),
+                self.scale,
                 EnsureRGBd("image"),
             ]
         )
@@ -147,7 +158,7 @@ class AnomalyInferer:
         volume = EnsureChannelFirst()(LoadImage(image_only=True)(path))
         orientation = Orientation(axcodes="RAS")
         ras = orientation(volume)
-        scaled = ScaleIntensityRangePercentiles(*self.percentiles, b_min=0.0, b_max=1.0, clip=True)(ras)
+        scaled = self.scale({"image": ras})["image"]
         slices = VolumeToSlices(axis=2)(scaled)  # also rejects anything but one-channel 3D volumes
         to_rgb = EnsureRGB()
         maps, scores = [], []

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["detect_layout", "file_stem", "index_dataset", "IMAGE_EXTENSIONS", "VOLUME_EXTENSIONS"]
+__all__ = [
+    "categories",
+    "detect_layout",
+    "file_stem",
+    "index_dataset",
+    "require_dataset_dir",
+    "IMAGE_EXTENSIONS",
+    "VOLUME_EXTENSIONS",
+]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
@@ -145,3 +153,27 @@ def index_dataset(root: str) -> tuple[str, dict[str, list[dict]]]:
     if not splits.get("test"):
         raise ValueError(f"no test images found in {root} ({layout} layout)")
     return layout, splits
+
+
+def require_dataset_dir(bundle: str, docs: str) -> str:
+    """For bundles without an embedded demo: fail fast, saying how to get data."""
+    raise ValueError(
+        f"the {bundle} bundle has no embedded demo data: prepare a dataset as described in {docs} "
+        "(data_prep/ converts the public raw datasets) and pass --dataset_dir DIR"
+    )
+
+
+def categories(root: str, category: str | list[str] | None) -> list[str]:
+    """MVTec-style category names under ``root``: one name, a list, or ``"all"`` (every folder with train/good)."""
+    if category in (None, ""):
+        return [""]
+    if category == "all":
+        found = sorted(c for c in os.listdir(root) if os.path.isdir(os.path.join(root, c, "train", "good")))
+        if not found:
+            raise ValueError(f"no category folders with train/good/ under {root}")
+        return found
+    names = [category] if isinstance(category, str) else list(category)
+    missing = [c for c in names if not os.path.isdir(os.path.join(root, c))]
+    if missing:
+        raise FileNotFoundError(f"categories {missing} not found under {root}")
+    return names

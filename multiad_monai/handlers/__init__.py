@@ -2,3 +2,4 @@ from .calibration import CalibrationHandler
 from .checkpoints import AtomicCheckpointSaver, clear_checkpoints, last_checkpoint
 from .metrics_writer import MetricsJSONWriter, write_json_atomic
 from .overlays import OverlaySaver
+from .evaluation_report import EvaluationReport

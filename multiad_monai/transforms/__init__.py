@@ -1,2 +1,10 @@
-from .array import EnsureRGB, VolumeToSlices, source_name
-from .dictionary import EnsureMaskd, EnsureRGBd, VolumeToSlicesd
+from .array import CheckHounsfield, EnsureRGB, PadToSquare, ScaleIntensityByDtype, VolumeToSlices, source_name
+from .dictionary import (
+    CheckHounsfieldd,
+    EnsureMaskd,
+    EnsureRGBd,
+    PadToSquared,
+    ScaleIntensityByDtyped,
+    SplitLabelsd,
+    VolumeToSlicesd,
+)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 from monai.config import NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import Transform
+from monai.transforms import SpatialPad, Transform
 from monai.utils import TransformBackends, convert_to_tensor
 
-__all__ = ["EnsureRGB", "VolumeToSlices", "source_name"]
+__all__ = ["CheckHounsfield", "EnsureRGB", "PadToSquare", "ScaleIntensityByDtype", "VolumeToSlices", "source_name"]
 
 
 def source_name(img: NdarrayOrTensor) -> str:
@@ -76,3 +77,53 @@ class VolumeToSlices(Transform):
             meta["slice_index"] = index
             slices.append(MetaTensor(data.as_tensor() if isinstance(data, MetaTensor) else data, meta=meta))
         return slices
+
+
+class ScaleIntensityByDtype(Transform):
+    """Map an integer image to ``[0, 1]`` by its bit depth: 8-bit / 255, 16-bit / 65535; floats pass through.
+
+    For natural (industrial) images, where contrast carries meaning and must not be stretched per image.
+    16-bit PNGs arrive as int32 from PIL, so any wider integer holding values <= 65535 counts as 16-bit.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __call__(self, img: NdarrayOrTensor) -> torch.Tensor:
+        img = convert_to_tensor(img, track_meta=True)
+        if img.dtype.is_floating_point:
+            return img.float()
+        maximum = 255.0 if img.dtype == torch.uint8 else 65535.0
+        if img.numel() and float(img.max()) > maximum:
+            raise ValueError(
+                f"{source_name(img)} holds integers above 16 bits ({float(img.max()):g}); expected 8/16-bit"
+            )
+        return img.float() / maximum
+
+
+class PadToSquare(Transform):
+    """Zero-pad the shorter spatial side of ``(C, H, W)`` symmetrically so that ``H == W``.
+
+    Resizing a padded image keeps its aspect ratio (e.g. a wide OCT B-scan keeps the retina's shape).
+    """
+
+    backend = SpatialPad.backend
+
+    def __call__(self, img: NdarrayOrTensor) -> torch.Tensor:
+        side = max(img.shape[1:])
+        return SpatialPad(spatial_size=(side, side), method="symmetric")(img)
+
+
+class CheckHounsfield(Transform):
+    """Pass a CT volume through, warning (with its file name) when it is clearly not in Hounsfield units."""
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        low, high = float(img.min()), float(img.max())
+        if low >= 0 and high <= 255:
+            warnings.warn(
+                f"{source_name(img)} does not look like CT in Hounsfield units (values in [{low:g}, {high:g}], "
+                "air should be near -1000): the HU window will give a wrong image",
+                stacklevel=2,
+            )
+        return img

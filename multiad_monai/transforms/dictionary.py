@@ -6,11 +6,26 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, SpatialPad
 
-from multiad_monai.transforms.array import EnsureRGB, VolumeToSlices, source_name
+from multiad_monai.transforms.array import (
+    CheckHounsfield,
+    EnsureRGB,
+    PadToSquare,
+    ScaleIntensityByDtype,
+    VolumeToSlices,
+    source_name,
+)
 
-__all__ = ["EnsureRGBd", "EnsureMaskd", "VolumeToSlicesd"]
+__all__ = [
+    "CheckHounsfieldd",
+    "EnsureMaskd",
+    "EnsureRGBd",
+    "PadToSquared",
+    "ScaleIntensityByDtyped",
+    "SplitLabelsd",
+    "VolumeToSlicesd",
+]
 
 
 class EnsureRGBd(MapTransform):
@@ -72,6 +87,8 @@ class VolumeToSlicesd(MapTransform):
         axis, slice_range: see :class:`VolumeToSlices`.
         min_foreground: minimum fraction of foreground pixels to keep a slice (0 keeps all).
         foreground_threshold: intensity above which a pixel counts as foreground.
+        select_key: when given (e.g. an organ mask among ``keys``), foreground is measured on it instead of the
+            image, so slices are selected by organ presence.
     """
 
     def __init__(
@@ -81,12 +98,14 @@ class VolumeToSlicesd(MapTransform):
         slice_range: Sequence[int] | None = None,
         min_foreground: float = 0.0,
         foreground_threshold: float = 0.05,
+        select_key: str | None = None,
         allow_missing_keys: bool = True,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.slicer = VolumeToSlices(axis, slice_range)
         self.min_foreground = min_foreground
         self.foreground_threshold = foreground_threshold
+        self.select_key = select_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> list[dict[Hashable, torch.Tensor]]:
         d = dict(data)
@@ -101,14 +120,96 @@ class VolumeToSlicesd(MapTransform):
         images = self.slicer(d[image_key])
         sliced = {key: self.slicer(d[key]) for key in present}
         samples = []
+        selectors = sliced[self.select_key] if self.select_key else images
         for i, image in enumerate(images):
-            if (image > self.foreground_threshold).float().mean() < self.min_foreground:
+            if (selectors[i] > self.foreground_threshold).float().mean() < self.min_foreground:
                 continue
             sample = {k: v for k, v in d.items() if k not in self.keys}
             sample[image_key] = image
             for key, slices in sliced.items():
                 sample[key] = slices[i]
-            mask_key = other_keys[0] if other_keys else None
+            mask_key = "mask" if "mask" in sliced else (other_keys[0] if other_keys else None)
             sample["label"] = int(bool(mask_key in sliced and (sliced[mask_key][i] > 0).any()))
             samples.append(sample)
         return samples
+
+
+class ScaleIntensityByDtyped(MapTransform):
+    """Dictionary version of :class:`ScaleIntensityByDtype`."""
+
+    backend = ScaleIntensityByDtype.backend
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.scaler = ScaleIntensityByDtype()
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.scaler(d[key])
+        return d
+
+
+class PadToSquared(MapTransform):
+    """Pad image and mask alike to a square whose side is the first key's longer side."""
+
+    backend = PadToSquare.backend
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = True) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        side = max(d[keys[0]].shape[1:])
+        pad = SpatialPad(spatial_size=(side, side), method="symmetric")
+        for key in keys:
+            d[key] = pad(d[key])
+        return d
+
+
+class CheckHounsfieldd(MapTransform):
+    """Dictionary version of :class:`CheckHounsfield`."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.checker = CheckHounsfield()
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.checker(d[key])
+        return d
+
+
+class SplitLabelsd(MapTransform):
+    """Turn a label map into an organ mask and a lesion mask (e.g. LiTS: 1 liver, 2 tumour).
+
+    Args:
+        label_key: key of the label map; it is replaced by the binary lesion mask.
+        organ_key: key receiving the binary organ mask (organ labels plus lesion labels: a lesion lies in its organ).
+        organ_labels: label values of the organ.
+        lesion_labels: label values of lesions.
+    """
+
+    def __init__(
+        self,
+        label_key: str = "mask",
+        organ_key: str = "organ",
+        organ_labels: Sequence[int] = (1,),
+        lesion_labels: Sequence[int] = (2,),
+    ) -> None:
+        super().__init__([label_key], allow_missing_keys=True)
+        self.label_key, self.organ_key = label_key, organ_key
+        self.organ_labels, self.lesion_labels = list(organ_labels), list(lesion_labels)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        if self.label_key not in d:
+            raise ValueError(f"{source_name(d.get('image'))} has no label map: organ masking needs one")
+        labels = d[self.label_key]
+        lesion = torch.isin(labels, torch.tensor(self.lesion_labels, device=labels.device))
+        organ = torch.isin(labels, torch.tensor(self.organ_labels + self.lesion_labels, device=labels.device))
+        d[self.label_key] = lesion.float()
+        d[self.organ_key] = organ.float()
+        return d
