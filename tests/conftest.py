@@ -34,7 +34,17 @@ def _png(path: str, array: np.ndarray) -> None:
     Image.fromarray((np.clip(array, 0, 1) * 255).astype(np.uint8)).save(path)
 
 
-def write_mvtec(root: str, n_train: int = 12, n_good: int = 4, n_bad: int = 4, size: int = 48, seed: int = 0) -> str:
+def write_mvtec(
+    root: str,
+    n_train: int = 12,
+    n_good: int = 4,
+    n_bad: int = 4,
+    size: int = 48,
+    seed: int = 0,
+    masks: bool = True,
+    width: int | None = None,
+) -> str:
+    """MVTec AD layout; ``masks=False`` gives an image-level set (no ground_truth/), ``width`` non-square images."""
     rng = np.random.default_rng(seed)
     for i in range(n_train):
         _png(f"{root}/train/good/{i:03d}.png", _texture(rng, size))
@@ -43,8 +53,16 @@ def write_mvtec(root: str, n_train: int = 12, n_good: int = 4, n_bad: int = 4, s
     for i in range(n_bad):
         image, mask = _defect(_texture(rng, size), rng)
         _png(f"{root}/test/scratch/{i:03d}.png", image)
-        _png(f"{root}/ground_truth/scratch/{i:03d}_mask.png", mask.astype(float))
+        if masks:
+            _png(f"{root}/ground_truth/scratch/{i:03d}_mask.png", mask.astype(float))
+    if width:
+        for path in _all_pngs(root):
+            Image.open(path).resize((width, size)).save(path)
     return root
+
+
+def _all_pngs(root: str) -> list[str]:
+    return [os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith(".png")]
 
 
 def write_bmad(root: str, size: int = 48, seed: int = 1) -> str:
@@ -93,3 +111,23 @@ def bmad_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def volumes_dir(tmp_path_factory) -> str:
     return write_volumes(str(tmp_path_factory.mktemp("volumes") / "brain3d"))
+
+
+def write_ct_volumes(root: str, n_train: int = 3, n_test: int = 2, shape=(24, 24, 10), seed: int = 3) -> str:
+    """CT volumes in HU with LiTS-style label maps: 1 liver, 2 tumour inside the liver; air -1000 around."""
+    rng = np.random.default_rng(seed)
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    for split, n in (("Tr", n_train), ("Ts", n_test)):
+        os.makedirs(f"{root}/images{split}", exist_ok=True)
+        os.makedirs(f"{root}/labels{split}", exist_ok=True)
+        for i in range(n):
+            volume = np.full(shape, -1000.0) + rng.normal(0, 5, shape)
+            label = np.zeros(shape, dtype=np.uint8)
+            label[4:20, 4:20, 2:8] = 1
+            volume[label == 1] = 60 + rng.normal(0, 10, int((label == 1).sum()))
+            if split == "Ts":
+                label[8:12, 8:12, 4:6] = 2
+                volume[label == 2] = 10
+            nib.save(nib.Nifti1Image(volume.astype(np.float32), affine), f"{root}/images{split}/ct{i}.nii.gz")
+            nib.save(nib.Nifti1Image(label, affine), f"{root}/labels{split}/ct{i}.nii.gz")
+    return root

@@ -6,9 +6,17 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
-from multiad_monai.data import build_brain_demo, detect_layout, index_dataset, load_datasets
-from tests.conftest import write_mvtec, write_volumes
+from multiad_monai.data import (
+    build_brain_demo,
+    categories,
+    detect_layout,
+    index_dataset,
+    load_datasets,
+    require_dataset_dir,
+)
+from tests.conftest import write_ct_volumes, write_mvtec, write_volumes
 
 
 def test_detect_layouts(mvtec_dir, bmad_dir, volumes_dir, tmp_path):
@@ -104,3 +112,61 @@ def test_brain_demo_is_built_once(tmp_path):
     build_brain_demo(root, n_train=2, n_test=2)
     assert os.path.getmtime(splits["test"][0]["image"]) == stamp
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".demo-")]
+
+
+def test_categories(tmp_path):
+    write_mvtec(str(tmp_path / "root" / "carpet"))
+    write_mvtec(str(tmp_path / "root" / "wood"))
+    (tmp_path / "root" / "notes").mkdir()
+    root = str(tmp_path / "root")
+    assert categories(root, "all") == ["carpet", "wood"]
+    assert categories(root, ["wood"]) == ["wood"] and categories(root, None) == [""]
+    with pytest.raises(FileNotFoundError, match="tile"):
+        categories(root, "tile")
+    data = load_datasets(root, image_size=16, category="wood")
+    assert len(data.test) == 8
+
+
+def test_image_level_set_has_no_masks(tmp_path):
+    root = write_mvtec(str(tmp_path / "xray"), masks=False)
+    data = load_datasets(root, image_size=16)
+    assert not data.has_masks and all(s["mask"].sum() == 0 for s in data.test.data)
+
+
+def test_non_square_images_pad_or_stretch(tmp_path):
+    root = write_mvtec(str(tmp_path / "oct"), width=96)
+    stretched = load_datasets(root, image_size=32, resize_mode="stretch")
+    padded = load_datasets(root, image_size=32, resize_mode="pad")
+    assert stretched.test[0]["image"].shape == padded.test[0]["image"].shape == (3, 32, 32)
+    # 48x96 padded to 96x96: the top and bottom quarters are padding
+    assert float(padded.test[0]["image"][:, :6].abs().max()) == 0.0
+    assert float(stretched.test[0]["image"][:, :6].abs().max()) > 0.0
+
+
+@pytest.mark.parametrize("intensity", ["dtype", "percentile"])
+def test_rgb_images_by_dtype_keep_their_colours(tmp_path, intensity):
+    from PIL import Image
+
+    root = write_mvtec(str(tmp_path / "rgb"))
+    path = f"{root}/train/good/000.png"
+    Image.fromarray(np.full((48, 48, 3), (51, 102, 204), dtype=np.uint8)).save(path)
+    data = load_datasets(root, image_size=16, intensity=intensity, calibration_fraction=0.2)
+    sample = next(s for s in data.train.data + data.calibration.data if s["image"].meta["filename_or_obj"] == path)
+    if intensity == "dtype":
+        assert torch.allclose(sample["image"][:, 8, 8], torch.tensor([0.2, 0.4, 0.8]), atol=1e-3)
+
+
+def test_ct_volumes_with_organ_labels(tmp_path):
+    root = write_ct_volumes(str(tmp_path / "liver"))
+    data = load_datasets(root, image_size=16, intensity="hu", organ_labels=[1], lesion_labels=[2], min_foreground=0.05)
+    # only the 6 liver slices of each volume are kept; outside the liver the image is zero
+    assert len(data.test) == 2 * 6 and sum(s["label"] for s in data.test.data) == 2 * 2
+    sample = data.test[0]["image"]
+    assert float(sample[:, 0, 0].abs().max()) == 0.0 and float(sample.max()) > 0.3
+    with pytest.warns(UserWarning, match="does not look like CT"):
+        load_datasets(write_volumes(str(tmp_path / "mri")), image_size=16, intensity="hu", calibration_fraction=0.34)
+
+
+def test_bundles_without_demo_fail_fast():
+    with pytest.raises(ValueError, match="no embedded demo.*docs/README.md"):
+        require_dataset_dir("mvtec", "bundles/mvtec/docs/README.md")

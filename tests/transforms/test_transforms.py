@@ -1,10 +1,25 @@
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from monai.data import MetaTensor
 
-from multiad_monai.transforms import EnsureMaskd, EnsureRGB, EnsureRGBd, VolumeToSlices, VolumeToSlicesd
+from multiad_monai.transforms import (
+    CheckHounsfield,
+    CheckHounsfieldd,
+    EnsureMaskd,
+    EnsureRGB,
+    EnsureRGBd,
+    PadToSquare,
+    PadToSquared,
+    ScaleIntensityByDtype,
+    ScaleIntensityByDtyped,
+    SplitLabelsd,
+    VolumeToSlices,
+    VolumeToSlicesd,
+)
 
 
 @pytest.mark.parametrize("channels, expected_first", [(1, 0), (2, 0), (3, 1), (4, 1)])
@@ -64,3 +79,57 @@ def test_ensure_maskd_fills_and_checks():
     bad = MetaTensor(torch.zeros(1, 8, 9), meta={"filename_or_obj": "a_mask.png"})
     with pytest.raises(ValueError, match="a_mask.png.*a.png"):
         EnsureMaskd()({"image": image, "mask": bad})
+
+
+@pytest.mark.parametrize(
+    "array, expected_max",
+    [
+        (torch.full((1, 2, 2), 255, dtype=torch.uint8), 1.0),
+        (torch.full((1, 2, 2), 65535, dtype=torch.int32), 1.0),  # 16-bit PNG as PIL/MONAI load it
+        (torch.full((1, 2, 2), 0.25), 0.25),
+    ],
+)
+def test_scale_intensity_by_dtype(array, expected_max):
+    out = ScaleIntensityByDtyped("image")({"image": array})["image"]
+    assert out.dtype == torch.float32 and out.max().item() == pytest.approx(expected_max)
+
+
+def test_scale_intensity_by_dtype_rejects_wide_integers():
+    with pytest.raises(ValueError, match="above 16 bits"):
+        ScaleIntensityByDtype()(
+            MetaTensor(torch.full((1, 2, 2), 70000, dtype=torch.int32), meta={"filename_or_obj": "x.tif"})
+        )
+
+
+@pytest.mark.parametrize("shape, side", [((1, 4, 8), 8), ((3, 9, 5), 9), ((1, 6, 6), 6)])
+def test_pad_to_square_keeps_content_centred(shape, side):
+    img = torch.ones(shape)
+    out = PadToSquare()(img)
+    assert out.shape == (shape[0], side, side) and out.sum() == img.sum()
+    d = PadToSquared(["image", "mask"])({"image": img, "mask": torch.ones(1, *shape[1:])})
+    assert d["mask"].shape == (1, side, side) and torch.equal(d["mask"][0] > 0, d["image"][0] > 0)
+
+
+def test_check_hounsfield_warns_with_the_file_name():
+    ct = MetaTensor(torch.tensor([[[-1000.0, 40.0]]]), meta={"filename_or_obj": "ct.nii"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CheckHounsfieldd("image")({"image": ct})
+    png_like = MetaTensor(torch.tensor([[[0.0, 255.0]]]), meta={"filename_or_obj": "liver.png"})
+    with pytest.warns(UserWarning, match="liver.png does not look like CT"):
+        CheckHounsfield()(png_like)
+
+
+def test_split_labels_and_organ_slice_selection():
+    labels = torch.zeros(1, 4, 4, 3)
+    labels[0, :2, :2, 1] = 1  # liver on slice 1
+    labels[0, :2, :2, 2] = 1
+    labels[0, 0, 0, 2] = 2  # tumour inside the liver on slice 2
+    d = SplitLabelsd("mask", "organ", organ_labels=[1], lesion_labels=[2])(
+        {"image": torch.ones(1, 4, 4, 3), "mask": labels}
+    )
+    assert d["organ"].sum() == 8 and d["mask"].sum() == 1
+    samples = VolumeToSlicesd(["image", "mask", "organ"], min_foreground=0.1, select_key="organ")(d)
+    assert [s["label"] for s in samples] == [0, 1]  # slice 0 has no liver: dropped
+    with pytest.raises(ValueError, match="no label map"):
+        SplitLabelsd()({"image": MetaTensor(torch.zeros(1, 2, 2, 2), meta={"filename_or_obj": "ct.nii"})})
