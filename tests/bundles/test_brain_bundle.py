@@ -1,4 +1,4 @@
-"""Integration: the users' own `python -m monai.bundle run ...` commands on tiny seeded datasets."""
+"""Integration: the brain bundle's own `python -m monai.bundle run ...` commands on tiny seeded datasets."""
 
 from __future__ import annotations
 
@@ -16,35 +16,14 @@ import torch
 
 from multiad_monai.handlers import last_checkpoint
 from multiad_monai.networks import MultiAD
+from tests.bundles.helpers import ROOT, bundle_command, run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TRAIN = os.path.join(ROOT, "bundles", "brain", "train.json")
-EVALUATE = os.path.join(ROOT, "bundles", "brain", "evaluate.json")
-MULTI_GPU = os.path.join(ROOT, "bundles", "brain", "multi_gpu_train.json")
-INFERENCE = os.path.join(ROOT, "bundles", "brain", "inference.json")
 TINY = ["--image_size", "32", "--batch_size", "4", "--num_overlays", "2"]
 METRIC_KEYS = {"image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "train_seconds", "n_train", "n_test"}
 
 
-def run_bundle(run_id: str, out: str, *args: str, config=TRAIN, timeout: int = 600) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        run_id,
-        "--config_file",
-        config,
-        "--bundle_root",
-        os.path.join(ROOT, "bundles", "brain"),
-        "--output_dir",
-        out,
-        "--ckpt_path",
-        os.path.join(out, "model.pt"),
-        *TINY,
-        *args,
-    ]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def run_bundle(run_id: str, out: str, *args: str, configs=("train.json",)) -> subprocess.CompletedProcess:
+    return run(bundle_command("brain", run_id, out, *TINY, *args, configs=configs))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +42,7 @@ def test_training_writes_metrics_checkpoint_and_overlays(trained):
     checkpoint = torch.load(os.path.join(trained, "model.pt"), weights_only=True)
     network = MultiAD()
     network.load_state_dict(checkpoint)  # a plain state dict, as in the model zoo
-    assert network.is_calibrated
+    assert network.is_calibrated and network.input_size.tolist() == [32, 32]
     assert sorted(os.listdir(os.path.join(trained, "overlays"))) == ["00_anomalous.png", "01_normal.png"]
     assert os.listdir(os.path.join(trained, "checkpoints")) == ["checkpoint_epoch=2.pt"]
 
@@ -71,17 +50,17 @@ def test_training_writes_metrics_checkpoint_and_overlays(trained):
 def test_training_logs_a_real_mlflow_run(trained):
     client = mlflow.MlflowClient(tracking_uri="sqlite:///" + os.path.join(trained, "mlruns.db"))
     experiment = client.get_experiment_by_name("multiad_brain")
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FINISHED"
-    assert run.data.params["teacher"] == "efficientnet-lite0" and run.data.params["epochs"] == "2"
-    assert {"distillation_loss", "discriminator_loss", "image_auroc", "pixel_aupro"} <= set(run.data.metrics)
-    assert len(client.get_metric_history(run.info.run_id, "distillation_loss")) >= 2
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    (run_,) = client.search_runs([experiment.experiment_id])
+    assert run_.info.status == "FINISHED"
+    assert run_.data.params["teacher"] == "efficientnet-lite0" and run_.data.params["epochs"] == "2"
+    assert {"distillation_loss", "discriminator_loss", "image_auroc", "pixel_aupro"} <= set(run_.data.metrics)
+    assert len(client.get_metric_history(run_.info.run_id, "distillation_loss")) >= 2
+    artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
     assert {"metrics.json", "train.json"} <= artifacts
-    assert len(client.list_artifacts(run.info.run_id, "overlays")) == 2
+    assert len(client.list_artifacts(run_.info.run_id, "overlays")) == 2
 
 
-def test_evaluate_reproduces_the_training_metrics(trained, mvtec_dir, tmp_path):
+def test_evaluate_reproduces_the_training_metrics_and_writes_a_report(trained, mvtec_dir, tmp_path):
     out = str(tmp_path)
     result = run_bundle(
         "evaluating",
@@ -90,13 +69,18 @@ def test_evaluate_reproduces_the_training_metrics(trained, mvtec_dir, tmp_path):
         mvtec_dir,
         "--ckpt_path",
         os.path.join(trained, "model.pt"),
-        config=f"['{TRAIN}','{EVALUATE}']",
+        configs=("train.json", "evaluate.json"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.load(open(os.path.join(out, "metrics.json")))
     trained_metrics = json.load(open(os.path.join(trained, "metrics.json")))
     for key in ("image_auroc", "pixel_auroc", "pixel_aupro"):
         assert evaluated[key] == pytest.approx(trained_metrics[key], abs=1e-6)
+    assert {"per_image.csv", "roc_curve.png", "pro_curve.png", "worst_cases.png"} <= set(os.listdir(out))
+    client = mlflow.MlflowClient(tracking_uri="sqlite:///" + os.path.join(out, "mlruns.db"))
+    (run_,) = client.search_runs([client.get_experiment_by_name("multiad_brain").experiment_id])
+    assert run_.data.params["mode"] == "evaluation"
+    assert len(client.list_artifacts(run_.info.run_id, "evaluation")) == 4
 
 
 def test_missing_dataset_dir_fails_before_training(tmp_path):
@@ -108,30 +92,8 @@ def test_missing_dataset_dir_fails_before_training(tmp_path):
 
 def test_killed_run_resumes_from_last_epoch(volumes_dir, tmp_path):
     out = str(tmp_path)
-    command = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "training",
-        "--config_file",
-        TRAIN,
-        "--bundle_root",
-        os.path.join(ROOT, "bundles", "brain"),
-        "--output_dir",
-        out,
-        "--ckpt_path",
-        os.path.join(out, "model.pt"),
-        "--dataset_dir",
-        volumes_dir,
-        "--epochs",
-        "12",
-        "--min_foreground",
-        "0.0",
-        "--calibration_fraction",
-        "0.34",
-        *TINY,
-    ]
+    args = ["--dataset_dir", volumes_dir, "--epochs", "12", "--min_foreground", "0.0", "--calibration_fraction", "0.34"]
+    command = bundle_command("brain", "training", out, *TINY, *args)
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = os.path.join(out, "checkpoints", "checkpoint_epoch=2.pt")
     deadline = time.time() + 300
@@ -145,20 +107,7 @@ def test_killed_run_resumes_from_last_epoch(volumes_dir, tmp_path):
     done = saved["trainer"]["iteration"] // saved["trainer"]["epoch_length"]  # ignite stores the iteration
     assert 2 <= done < 12
 
-    result = run_bundle(
-        "training",
-        out,
-        "--dataset_dir",
-        volumes_dir,
-        "--epochs",
-        "12",
-        "--resume",
-        "true",
-        "--min_foreground",
-        "0.0",
-        "--calibration_fraction",
-        "0.34",
-    )
+    result = run_bundle("training", out, *args, "--resume", "true")
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert f"Restored all variables from {os.path.join(out, 'checkpoints', f'checkpoint_epoch={done}.pt')}" in log
@@ -170,26 +119,13 @@ def test_killed_run_resumes_from_last_epoch(volumes_dir, tmp_path):
 def test_two_process_ddp_training_on_cpu(mvtec_dir, tmp_path):
     """torchrun, gloo, 2 ranks: both finish, replicas stay identical, rank 0 alone writes outputs."""
     out = str(tmp_path)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=29533",
-        "-m",
-        "monai.bundle",
-        "run",
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
+    command = bundle_command(
+        "brain",
         "training",
-        "--config_file",
-        f"['{TRAIN}','{MULTI_GPU}']",
-        "--bundle_root",
-        os.path.join(ROOT, "bundles", "brain"),
+        out,
         "--dataset_dir",
         mvtec_dir,
-        "--output_dir",
-        out,
-        "--ckpt_path",
-        os.path.join(out, "model.pt"),
         "--epochs",
         "2",
         "--image_size",
@@ -198,8 +134,10 @@ def test_two_process_ddp_training_on_cpu(mvtec_dir, tmp_path):
         "2",
         "--num_overlays",
         "2",
-    ]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        configs=("train.json", "multi_gpu_train.json"),
+        launcher=launcher,
+    )
+    result = run(command)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     checksums = dict(re.findall(r"rank (\d) student checksum (\S+)", log))
@@ -215,24 +153,10 @@ def test_two_process_ddp_training_on_cpu(mvtec_dir, tmp_path):
 
 def test_inference_bundle_on_images_and_volumes(trained, mvtec_dir, volumes_dir, tmp_path):
     out = str(tmp_path / "predictions")
-    command = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        INFERENCE,
-        "--bundle_root",
-        os.path.join(ROOT, "bundles", "brain"),
-        "--ckpt_path",
-        os.path.join(trained, "model.pt"),
-        "--output_dir",
-        out,
-    ]
     for source in (os.path.join(mvtec_dir, "test", "scratch"), os.path.join(volumes_dir, "imagesTs")):
-        result = subprocess.run(
-            [*command, "--input_path", source], cwd=ROOT, capture_output=True, text=True, timeout=600
-        )
+        command = bundle_command("brain", "", out, "--input_path", source, configs=("inference.json",))
+        command[command.index("--ckpt_path") + 1] = os.path.join(trained, "model.pt")
+        result = run(command)
         assert result.returncode == 0, result.stderr[-3000:]
     names = set(os.listdir(out))
     assert {"000_map.npy", "000_overlay.png", "case0_map.nii.gz", "case0_overlay.png", "scores.csv"} <= names

@@ -3,39 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import mlflow
 import pytest
 
+from tests.bundles.helpers import bundle_command, run
 from tests.conftest import write_ct_volumes, write_mvtec
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--epochs", "1", "--image_size", "32", "--batch_size", "4", "--num_overlays", "2"]
 PIXEL = {"pixel_auroc", "pixel_aupro"}
 
 
-def run_training(bundle: str, out: str, *args: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "training",
-        "--config_file",
-        os.path.join(ROOT, "bundles", bundle, "train.json"),
-        "--bundle_root",
-        os.path.join(ROOT, "bundles", bundle),
-        "--output_dir",
-        out,
-        "--ckpt_path",
-        os.path.join(out, "model.pt"),
-        *TINY,
-        *args,
-    ]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+def run_training(bundle: str, out: str, *args: str):
+    return run(bundle_command(bundle, "training", out, *TINY, *args))
 
 
 @pytest.mark.parametrize("bundle", ["mvtec", "liver", "oct"])

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from tests.bundles.test_brain_bundle import run_bundle
+from tests.bundles.test_brain_bundle import run_bundle  # noqa: F401  (same command as the users)
 from tests.conftest import SHARED_DATA
 
 LGG = os.path.join(SHARED_DATA, "lgg_dev")
