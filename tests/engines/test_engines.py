@@ -24,8 +24,9 @@ def _loader(n: int = 8, size: int = 32, with_masks: bool = False):
     return DataLoader(items, batch_size=4)
 
 
-def _trainer(network, adversarial_weight):
+def _trainer(network, adversarial_weight, amp=False):
     return MultiADTrainer(
+        amp=amp,
         device="cpu",
         max_epochs=2,
         train_data_loader=_loader(),
@@ -101,3 +102,14 @@ def test_trainer_rejects_missing_batch():
     trainer = _trainer(MultiAD(), 0.1)
     with pytest.raises(ValueError, match="batch data"):
         trainer._iteration(trainer, None)
+
+
+def test_amp_uses_the_same_training_path():
+    """AMP (bf16 autocast on CPU) runs the same iteration and still trains the student."""
+    torch.manual_seed(0)
+    network = MultiAD()
+    before = [p.clone() for p in network.student.parameters()]
+    trainer = _trainer(network, adversarial_weight=0.1, amp=True)
+    trainer.run()
+    assert torch.isfinite(trainer.state.output["loss"]) and MultiADKeys.DISCRIMINATOR_LOSS in trainer.state.output
+    assert not all(torch.equal(a, b) for a, b in zip(before, network.student.parameters()))
