@@ -96,8 +96,11 @@ class FeatureEncoder(nn.Module):
 
 def _efficientnet(se: bool) -> EfficientNet:
     blocks = [b + "_se0.25" for b in _B0_BLOCKS] if se else _B0_BLOCKS
-    # No drop-connect: distillation wants deterministic student features.
-    net = EfficientNet(blocks, spatial_dims=2, in_channels=3, num_classes=1000, drop_connect_rate=0.0)
+    # No drop-connect: distillation wants deterministic student features. BN momentum 0.1 (PyTorch's default,
+    # not TensorFlow's 0.01) so the student's running statistics follow its fast-changing weights; they are
+    # recomputed exactly after training anyway (CalibrationHandler).
+    norm = ("batch", {"eps": 1e-3, "momentum": 0.1})
+    net = EfficientNet(blocks, spatial_dims=2, in_channels=3, num_classes=1000, drop_connect_rate=0.0, norm=norm)
     # EfficientNet-Lite replaces swish by ReLU6 everywhere.
     net._swish = nn.ReLU6(inplace=True)
     for stage in net._blocks:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from multiad_monai.handlers import CalibrationHandler
 from multiad_monai.networks import (
     AnomalyMapGenerator,
     AnomalyOutput,
@@ -82,3 +83,26 @@ def test_anomaly_map_localises_a_disagreement():
 def test_anomaly_map_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         AnomalyMapGenerator(**kwargs)
+
+
+def test_student_eval_features_follow_training():
+    """After a short training run and calibration, eval-mode (running-stat) student features match the
+    train-mode ones the student was trained to produce: the anomaly map is computed in eval mode."""
+    torch.manual_seed(0)
+    network = MultiAD()
+    optimizer = torch.optim.Adam(network.student.parameters(), 1e-3)
+    images = torch.rand(8, 3, 32, 32)
+    network.train()
+    for _ in range(30):
+        features = network(images)
+        loss = sum((1 - torch.nn.functional.cosine_similarity(t, s)).mean() for t, s in zip(*features))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        train_features = network.student(images)
+    CalibrationHandler(network, [{"image": images}], train_data_loader=[{"image": images}])(None)
+    with torch.no_grad():
+        eval_features = network.eval().student(images)
+    for a, b in zip(train_features, eval_features):
+        assert torch.nn.functional.cosine_similarity(a, b).mean() > 0.99
