@@ -121,6 +121,7 @@ def load_datasets(
     organ_labels: Sequence[int] | None = None,
     lesion_labels: Sequence[int] = (2,),
     category: str | None = None,
+    invert_masks: bool = False,
 ) -> AnomalyData:
     """Index ``dataset_dir`` and load every sample once (errors name the file before any training).
 
@@ -137,6 +138,7 @@ def load_datasets(
             ``[2]``): the image is zeroed outside the organ and slices are kept by organ presence.
         lesion_labels: lesion values of the label maps when ``organ_labels`` is given.
         category: a sub-folder of ``dataset_dir`` (an MVTec AD category).
+        invert_masks: 2D masks mark defects with 0 on a non-zero background (e.g. PIPED).
     """
     if not 0.0 < calibration_fraction < 1.0:
         raise ValueError(f"calibration_fraction must be in (0, 1), got {calibration_fraction}")
@@ -205,7 +207,7 @@ def load_datasets(
                 ),
                 EnsureChannelFirstd(["image", "mask"], allow_missing_keys=True),
                 scale,
-                EnsureMaskd(),
+                EnsureMaskd(invert=invert_masks),
                 resize,
             ]
         )
@@ -222,6 +224,12 @@ def load_datasets(
         if not loaded[split]:
             raise ValueError(f"no normal {split} samples left in {dataset_dir} after slicing/holding out")
     has_masks = any("mask" in item for item in splits["test"]) or layout == "volumes"
+    anomalous = [float(s["mask"].mean()) for s in loaded["test"] if s["label"] and "mask" in s]
+    if has_masks and anomalous and float(np.mean(anomalous)) > 0.5:
+        logger.warning(
+            f"ground-truth masks in {dataset_dir} cover {np.mean(anomalous):.0%} of their images on average: they "
+            f"look inverted (defects drawn in black); set invert_masks={not invert_masks} if so"
+        )
     counts = {split: len(s) for split, s in loaded.items()}
     logger.info(f"{dataset_dir} ({layout} layout): {counts}")
     return AnomalyData(

@@ -52,12 +52,14 @@ class EnsureMaskd(MapTransform):
     Args:
         mask_key: key of the mask.
         image_key: key of the image whose shape the mask must match.
+        invert: for datasets whose masks mark defects with 0 on a 255 background (e.g. PIPED).
     """
 
-    def __init__(self, mask_key: str = "mask", image_key: str = "image") -> None:
+    def __init__(self, mask_key: str = "mask", image_key: str = "image", invert: bool = False) -> None:
         super().__init__([mask_key], allow_missing_keys=True)
         self.mask_key = mask_key
         self.image_key = image_key
+        self.invert = invert
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
@@ -72,7 +74,7 @@ class EnsureMaskd(MapTransform):
                 f"mask {source_name(mask)} has size {tuple(mask.shape[1:])} but its image "
                 f"{source_name(image)} has size {spatial}"
             )
-        d[self.mask_key] = (mask[:1] > 0).float()
+        d[self.mask_key] = ((mask[:1] == 0) if self.invert else (mask[:1] > 0)).float()
         return d
 
 

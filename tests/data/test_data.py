@@ -170,3 +170,18 @@ def test_ct_volumes_with_organ_labels(tmp_path):
 def test_bundles_without_demo_fail_fast():
     with pytest.raises(ValueError, match="no embedded demo.*docs/README.md"):
         require_dataset_dir("mvtec", "bundles/mvtec/docs/README.md")
+
+
+def test_inverted_masks_are_flagged_and_can_be_inverted(tmp_path, caplog):
+    from PIL import Image
+
+    root = write_mvtec(str(tmp_path / "paper"))
+    for path in sorted((tmp_path / "paper" / "ground_truth" / "scratch").iterdir()):
+        Image.fromarray(255 - np.array(Image.open(path))).save(path)  # PIPED style: defects black
+    with caplog.at_level("WARNING"):
+        data = load_datasets(root, image_size=48)
+    assert "look inverted" in caplog.text
+    fixed = load_datasets(root, image_size=48, invert_masks=True)
+    bad = [s for s in fixed.test.data if s["label"]]
+    assert all(float(s["mask"].sum()) == 100 for s in bad)  # the 10x10 defect
+    assert all(float(s["mask"].sum()) == 48 * 48 - 100 for s in data.test.data if s["label"])
