@@ -27,11 +27,15 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--sigma", type=float, default=4.0)
+    parser.add_argument("--intensity", default="percentile", choices=["percentile", "dtype", "hu"])
+    parser.add_argument("--invert_masks", action="store_true", help="masks draw defects in black (PIPED)")
     parser.add_argument("--output", help="optional JSON file for the metrics")
     args = parser.parse_args()
 
     torch.set_grad_enabled(False)
-    data = load_datasets(args.dataset_dir, image_size=args.image_size)
+    data = load_datasets(
+        args.dataset_dir, image_size=args.image_size, intensity=args.intensity, invert_masks=args.invert_masks
+    )
     teacher = build_teacher()
     head = AnomalyMapGenerator(sigma=args.sigma)
     start = time.perf_counter()
