@@ -224,6 +224,8 @@ def load_datasets(
         if not loaded[split]:
             raise ValueError(f"no normal {split} samples left in {dataset_dir} after slicing/holding out")
     has_masks = any("mask" in item for item in splits["test"]) or layout == "volumes"
+    if not any(s["label"] for s in loaded["test"]):
+        logger.warning(f"the test split of {dataset_dir} holds only normal images: AUROC, AUPRO and F1 are undefined")
     anomalous = [float(s["mask"].mean()) for s in loaded["test"] if s["label"] and "mask" in s]
     if has_masks and anomalous and float(np.mean(anomalous)) > 0.5:
         logger.warning(

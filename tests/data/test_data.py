@@ -185,3 +185,10 @@ def test_inverted_masks_are_flagged_and_can_be_inverted(tmp_path, caplog):
     bad = [s for s in fixed.test.data if s["label"]]
     assert all(float(s["mask"].sum()) == 100 for s in bad)  # the 10x10 defect
     assert all(float(s["mask"].sum()) == 48 * 48 - 100 for s in data.test.data if s["label"])
+
+
+def test_test_split_without_anomalies_is_reported(tmp_path, caplog):
+    root = write_mvtec(str(tmp_path / "only_good"), n_bad=0, masks=False)
+    with caplog.at_level("WARNING"):
+        load_datasets(root, image_size=16)
+    assert "holds only normal images" in caplog.text
