@@ -1,6 +1,6 @@
 """Real data smoke test: the brain bundle on ../shared/data/lgg_dev (TCGA-LGG FLAIR slices, MVTec layout).
 
-Skips when the folder is absent (a user's clone). A short, low-resolution run: it checks the real path
+Skips when the folder is absent (a user's clone). A short run (3 epochs, 128 px, about 70 s): it checks the real path
 end to end and that the maps carry signal; the accuracy numbers come from the full-size evaluation runs
 reported in the issue notes, not from here.
 """
@@ -21,10 +21,11 @@ LGG = os.path.join(SHARED_DATA, "lgg_dev")
 @pytest.mark.skipif(not os.path.isdir(LGG), reason="../shared/data/lgg_dev is not present")
 def test_brain_bundle_on_lgg_dev(tmp_path):
     result = run_bundle(
-        "training", str(tmp_path), "--dataset_dir", LGG, "--epochs", "1", "--image_size", "64", "--batch_size", "32"
+        "training", str(tmp_path), "--dataset_dir", LGG, "--epochs", "3", "--image_size", "128", "--batch_size", "16"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.load(open(os.path.join(tmp_path, "metrics.json")))
     assert metrics["n_test"] == 591 and metrics["n_train"] == 518 - 52
-    assert metrics["pixel_auroc"] > 0.8  # measured 0.89
-    assert metrics["image_auroc"] > 0.5  # 1 epoch at 64 px measured 0.56; pixel maps carry the signal first
+    # measured with these settings: image AUROC 0.694, pixel AUROC 0.936 (64 px stayed below 0.5 image AUROC)
+    assert metrics["pixel_auroc"] > 0.9
+    assert metrics["image_auroc"] > 0.6
