@@ -35,7 +35,7 @@ from torch import nn
 
 from multiad_monai import __version__
 from multiad_monai.networks.encoders import TEACHERS
-from multiad_monai.networks.multiad import MultiAD
+from multiad_monai.networks.multiad import MultiAD, normalize_to_threshold
 
 __all__ = ["ExportableMultiAD", "export_torchscript", "load_checkpoint", "export_metadata", "METADATA_FILE"]
 
@@ -84,7 +84,7 @@ class ExportableMultiAD(nn.Module):
             ``(N,)`` (normal mean -> 0, default threshold -> 0.5), as :meth:`MultiAD.normalize_score`.
         """
         anomaly_map, score = self.anomaly_map(self.teacher(images), self.student(images), images.shape[-2:])
-        normalized = ((score - self.score_mean) / (2 * self.threshold_sigmas * self.score_std)).clamp(0.0, 1.0)
+        normalized = normalize_to_threshold(score, self.score_mean, self.score_std, self.threshold_sigmas)
         return anomaly_map, score, normalized
 
 

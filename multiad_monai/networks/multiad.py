@@ -13,7 +13,12 @@ from multiad_monai.networks.anomaly_map import AnomalyMapGenerator
 from multiad_monai.networks.discriminator import FeatureDiscriminator
 from multiad_monai.networks.encoders import build_student, build_teacher, feature_channels
 
-__all__ = ["MultiAD", "AnomalyOutput", "DistillationFeatures"]
+__all__ = ["MultiAD", "AnomalyOutput", "DistillationFeatures", "normalize_to_threshold"]
+
+
+def normalize_to_threshold(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, sigmas: float) -> torch.Tensor:
+    """Map raw scores or maps to ``[0, 1]``: the normal mean -> 0, the threshold ``mean + sigmas * std`` -> 0.5."""
+    return ((x - mean) / (2 * sigmas * std)).clamp(0.0, 1.0)
 
 
 class DistillationFeatures(NamedTuple):
@@ -131,4 +136,4 @@ class MultiAD(nn.Module):
     def _normalize(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         if not self.is_calibrated:
             raise RuntimeError("the model is not calibrated: run calibration on normal images after training")
-        return ((x - mean) / (2 * self.threshold_sigmas * std)).clamp(0.0, 1.0)
+        return normalize_to_threshold(x, mean, std, self.threshold_sigmas)
