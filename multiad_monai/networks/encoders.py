@@ -187,6 +187,7 @@ def build_teacher(
     layers: Sequence[str] | None = None,
     weights: str | None = None,
     allow_download: bool = False,
+    pretrained: bool = True,
 ) -> FeatureEncoder:
     """The frozen ImageNet teacher. Raises when its weights cannot be loaded (never returns a random teacher).
 
@@ -195,15 +196,20 @@ def build_teacher(
         layers: stages to return; defaults to the teacher's strides 4, 8 and 16.
         weights: optional local weights file.
         allow_download: for ``seresnet50`` only, let MONAI download the weights when none are given.
+        pretrained: False only when a checkpoint holding the teacher's weights is loaded right after
+            (``multiad_monai.checkpoint.load_model`` loads strictly, so the teacher is never left random).
     """
     spec = _spec(name)
     layers = list(layers or spec["default_layers"])
     if name == "efficientnet-lite0":
         net = _efficientnet(se=False)
-        net.load_state_dict(load_lite0_imagenet_state(weights), strict=True)
+        if pretrained:
+            net.load_state_dict(load_lite0_imagenet_state(weights), strict=True)
         encoder = _efficientnet_encoder(net, layers)
-    else:
+    elif pretrained:
         encoder = _seresnet_encoder(_seresnet50_imagenet(weights, allow_download), layers)
+    else:
+        encoder = _seresnet_encoder(SEResNet50(spatial_dims=2, in_channels=3, num_classes=1000), layers)
     encoder.requires_grad_(False)
     return encoder.eval()
 

@@ -8,3 +8,12 @@ from .dictionary import (
     SplitLabelsd,
     VolumeToSlicesd,
 )
+from .preprocessing import (
+    image_transform,
+    intensity_transform,
+    network_input,
+    resize_transform,
+    slice_transform,
+    slicing_transform,
+    volume_transform,
+)

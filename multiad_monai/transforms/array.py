@@ -100,17 +100,20 @@ class ScaleIntensityByDtype(Transform):
         return img.float() / maximum
 
 
-class PadToSquare(Transform):
+class PadToSquare(SpatialPad):
     """Zero-pad the shorter spatial side of ``(C, H, W)`` symmetrically so that ``H == W``.
 
-    Resizing a padded image keeps its aspect ratio (e.g. a wide OCT B-scan keeps the retina's shape).
+    Resizing a padded image keeps its aspect ratio (e.g. a wide OCT B-scan keeps the retina's shape). As a
+    ``SpatialPad`` it records itself on a ``MetaTensor`` and is invertible, so maps can be cropped back.
     """
 
-    backend = SpatialPad.backend
+    def __init__(self, **kwargs) -> None:
+        super().__init__(spatial_size=-1, method="symmetric", **kwargs)
 
-    def __call__(self, img: NdarrayOrTensor) -> torch.Tensor:
-        side = max(img.shape[1:])
-        return SpatialPad(spatial_size=(side, side), method="symmetric")(img)
+    def compute_pad_width(self, spatial_shape: Sequence[int]) -> tuple[tuple[int, int]]:
+        side = max(spatial_shape)
+        widths = [side - size for size in spatial_shape]
+        return tuple([(0, 0)] + [(w // 2, w - w // 2) for w in widths])  # type: ignore[return-value]
 
 
 class CheckHounsfield(Transform):

@@ -6,7 +6,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, SpatialPad
+from monai.transforms import MapTransform, Padd
 
 from multiad_monai.transforms.array import (
     CheckHounsfield,
@@ -152,22 +152,11 @@ class ScaleIntensityByDtyped(MapTransform):
         return d
 
 
-class PadToSquared(MapTransform):
-    """Pad image and mask alike to a square whose side is the first key's longer side."""
-
-    backend = PadToSquare.backend
+class PadToSquared(Padd):
+    """Dictionary version of :class:`PadToSquare` (invertible). Image and mask must have the same size."""
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = True) -> None:
-        super().__init__(keys, allow_missing_keys)
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        keys = list(self.key_iterator(d))
-        side = max(d[keys[0]].shape[1:])
-        pad = SpatialPad(spatial_size=(side, side), method="symmetric")
-        for key in keys:
-            d[key] = pad(d[key])
-        return d
+        super().__init__(keys, padder=PadToSquare(), allow_missing_keys=allow_missing_keys)
 
 
 class CheckHounsfieldd(MapTransform):

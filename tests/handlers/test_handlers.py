@@ -46,7 +46,7 @@ def test_atomic_json_leaves_nothing_half_written(tmp_path):
 
 
 def test_calibration_handler_fills_buffers():
-    network = MultiAD()
+    network = MultiAD(image_size=32)
     loader = DataLoader([{"image": torch.rand(3, 32, 32)} for _ in range(4)], batch_size=2)
     engine = Engine(lambda e, b: None)
     CalibrationHandler(network, loader).attach(engine)
