@@ -21,9 +21,9 @@ from monai.data import MetaTensor
 from monai.handlers import MLFlowHandler
 from sklearn.metrics import roc_curve
 
-from multiad_monai.engines.utils import MultiADKeys
 from multiad_monai.metrics.functional import image_auroc, pixel_aupro, pro_curve
 from multiad_monai.networks.multiad import MultiAD
+from multiad_monai.utils import MultiADKeys
 from multiad_monai.visualize import overlay
 
 __all__ = ["EvaluationReport"]

@@ -10,8 +10,8 @@ from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 from PIL import Image
 
-from multiad_monai.engines.utils import MultiADKeys
 from multiad_monai.networks.multiad import MultiAD
+from multiad_monai.utils import MultiADKeys
 from multiad_monai.visualize import overlay
 
 __all__ = ["OverlaySaver"]

@@ -11,8 +11,8 @@ from ignite.exceptions import NotComputableError
 from ignite.metrics import EpochMetric
 from monai.utils import evenly_divisible_all_gather
 
-from multiad_monai.engines.utils import MultiADKeys
 from multiad_monai.metrics import functional
+from multiad_monai.utils import MultiADKeys
 
 __all__ = ["ImageAUROC", "ImageF1Max", "PixelAUROC", "PixelAUPRO"]
 

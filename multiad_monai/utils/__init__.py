@@ -1,0 +1,1 @@
+from .keys import MultiADIterationEvents, MultiADKeys, loss_logs
