@@ -22,6 +22,7 @@ from sklearn.metrics import roc_curve
 
 from multiad_monai.metrics.functional import image_auroc, pixel_aupro, pro_curve
 from multiad_monai.networks.multiad import MultiAD
+from multiad_monai.upstream import mlflow_run_and_client
 from multiad_monai.utils import MultiADKeys, atomic_write
 from multiad_monai.visualize import overlay
 
@@ -172,10 +173,11 @@ class EvaluationReport:
         self.worst_false_negatives = [c.name for c in self._ranked(self._false_negatives)]
         written = [self._write_csv(scores, labels)]
         written += [p for p in (self._write_roc(scores, labels), self._write_pro(), self._write_worst_cases()) if p]
-        run = getattr(self.mlflow_handler, "cur_run", None)
-        if run is not None:
+        mlflow = mlflow_run_and_client(self.mlflow_handler)
+        if mlflow is not None:
+            run, client = mlflow
             for path in written:
-                self.mlflow_handler.client.log_artifact(run.info.run_id, path, artifact_path="evaluation")
+                client.log_artifact(run.info.run_id, path, artifact_path="evaluation")
         self.logger.info(f"evaluation report of {len(scores)} images written to {self.output_dir}")
 
     def _batch_metadata(self, batch: Any, n: int) -> tuple[list[str], list[Any]]:
