@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -14,6 +13,8 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from PIL import Image
+
+from multiad_monai.utils import atomic_write
 
 __all__ = [
     "GOOD",
@@ -274,7 +275,7 @@ def read_mask(path: str) -> np.ndarray:
 
 
 def write_png(path: str, array: np.ndarray) -> None:
-    """Write a 2D ``uint8`` array as a grey PNG, via a temporary file renamed into place.
+    """Write a 2D ``uint8`` array as a grey PNG with :func:`multiad_monai.utils.atomic_write`.
 
     A crash never leaves a truncated PNG under the final name; the temporary name starts with a dot and
     ends with ``.tmp``, so dataset indexers ignore it.
@@ -282,17 +283,7 @@ def write_png(path: str, array: np.ndarray) -> None:
     array = np.asarray(array)
     if array.ndim != 2 or array.dtype != np.uint8:
         raise ValueError(f"{path}: expected a 2D uint8 array, got {array.dtype} of shape {array.shape}")
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def require_dir(path: str, what: str) -> str:

@@ -112,7 +112,7 @@ def test_brain_demo_is_built_once(tmp_path):
     stamp = os.path.getmtime(splits["test"][0]["image"])
     build_brain_demo(root, n_train=2, n_test=2)
     assert os.path.getmtime(splits["test"][0]["image"]) == stamp
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".demo-")]
+    assert os.listdir(tmp_path) == ["demo"]  # no staging folder left
 
 
 def test_categories(tmp_path):

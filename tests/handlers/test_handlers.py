@@ -74,7 +74,6 @@ def test_atomic_checkpoint_saver_writes_through_a_temporary_file(tmp_path, monke
     from multiad_monai.handlers import AtomicCheckpointSaver
 
     saver = AtomicCheckpointSaver(str(tmp_path), {"net": torch.nn.Linear(2, 2)}, save_interval=1, save_final=True)
-    assert saver._interval_checkpoint.save_handler._atomic and saver._final_checkpoint.save_handler._atomic
     engine = Engine(lambda e, b: None)
     saver.attach(engine)
 
