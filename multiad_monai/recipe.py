@@ -12,15 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from multiad_monai.transforms.array import SLICE_AXCODES, SLICE_AXIS
+
 __all__ = ["Recipe", "RECIPE_VERSION", "INTENSITY_MODES", "RESIZE_MODES", "check_given"]
 
 RECIPE_VERSION = 1
 INTENSITY_MODES = ("percentile", "dtype", "hu")
 RESIZE_MODES = ("stretch", "pad")
-# What a volume is reoriented to before it is cut into 2D slices (shared with data_prep): rows run anterior ->
-# posterior, columns patient right -> left (radiological display), slices inferior -> superior.
-SLICE_AXCODES = "PLS"
-SLICE_AXIS = 2
 
 
 def _tuple(value: Any, cast: type) -> tuple | None:
@@ -38,8 +36,9 @@ class Recipe:
         percentiles: lower/upper percentiles mapped to 0 and 1 for ``"percentile"``.
         hu_window: Hounsfield range mapped to 0 and 1 for ``"hu"``.
         resize_mode: ``"stretch"`` to the input size, or ``"pad"`` to a square first (keeps the aspect ratio).
-        slice_axcodes: orientation volumes are brought to before slicing (see ``SLICE_AXCODES``).
-        slice_axis: spatial axis of that orientation along which volumes are cut.
+        slice_axcodes: orientation volumes are brought to before slicing; recorded so that a model trained
+            under another convention is recognised (only ``multiad_monai.transforms.SLICE_AXCODES`` is supported).
+        slice_axis: spatial axis of that orientation along which volumes are cut (``SLICE_AXIS``).
         organ_labels: 3D only: label values of the organ the image is masked to (e.g. LiTS ``(1,)``).
         lesion_labels: 3D only: lesion values of the label maps when ``organ_labels`` is given.
         teacher: teacher/student topology, see ``multiad_monai.networks.TEACHERS``.
@@ -91,6 +90,11 @@ class Recipe:
             raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if (self.slice_axcodes, self.slice_axis) != (SLICE_AXCODES, SLICE_AXIS):
+            raise ValueError(
+                f"slices are cut in {SLICE_AXCODES} along axis {SLICE_AXIS} (as data_prep writes them), got "
+                f"{self.slice_axcodes} along axis {self.slice_axis}"
+            )
         for name in ("percentiles", "hu_window"):
             low, high = getattr(self, name)
             if not high > low:

@@ -1,8 +1,21 @@
-from .array import CheckHounsfield, EnsureRGB, PadToSquare, ScaleIntensityByDtype, VolumeToSlices, source_name
+from .array import (
+    SLICE_AXCODES,
+    SLICE_AXIS,
+    CheckHounsfield,
+    EnsureRGB,
+    OrientForSlicing,
+    PadToSquare,
+    ScaleIntensityByDtype,
+    VolumeToSlices,
+    load_volume_for_slicing,
+    oriented_shape,
+    source_name,
+)
 from .dictionary import (
     CheckHounsfieldd,
     EnsureMaskd,
     EnsureRGBd,
+    OrientForSlicingd,
     PadToSquared,
     ScaleIntensityByDtyped,
     SplitLabelsd,

@@ -8,6 +8,7 @@ maps model-resolution anomaly maps back to each input's own geometry with the ve
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from monai.transforms import (
@@ -17,22 +18,24 @@ from monai.transforms import (
     EnsureChannelFirstd,
     LoadImaged,
     MaskIntensityd,
-    Orientationd,
     Resized,
     ScaleIntensityRanged,
     ScaleIntensityRangePercentilesd,
 )
 
-from multiad_monai.recipe import Recipe
 from multiad_monai.transforms.dictionary import (
     CheckHounsfieldd,
     EnsureMaskd,
     EnsureRGBd,
+    OrientForSlicingd,
     PadToSquared,
     ScaleIntensityByDtyped,
     SplitLabelsd,
     VolumeToSlicesd,
 )
+
+if TYPE_CHECKING:  # the recipe module imports the slice convention from this package
+    from multiad_monai.recipe import Recipe
 
 __all__ = [
     "image_transform",
@@ -109,7 +112,7 @@ def image_transform(recipe: Recipe, invert_masks: bool = False, resize: bool = T
 def volume_transform(recipe: Recipe, labels: bool = True) -> Compose:
     """A 3D file ``{image: path[, mask: path]}`` -> the volume ``{image (1, X, Y, Z) in [0, 1][, mask, organ]}``.
 
-    The volume is reoriented to ``recipe.slice_axcodes`` (the convention data_prep writes its PNG slices in),
+    The volume is reoriented to ``SLICE_AXCODES`` (the convention data_prep writes its PNG slices in),
     intensity-scaled as a whole and, when ``recipe.organ_labels`` is set and a label map is given, masked to
     the organ. Cut it with :func:`slicing_transform` and finish each slice with :func:`slice_transform`.
 
@@ -127,7 +130,7 @@ def volume_transform(recipe: Recipe, labels: bool = True) -> Compose:
         [
             LoadImaged(KEYS, image_only=True, allow_missing_keys=True),
             EnsureChannelFirstd(KEYS, allow_missing_keys=True),
-            Orientationd(KEYS, axcodes=recipe.slice_axcodes, allow_missing_keys=True),
+            OrientForSlicingd(KEYS, allow_missing_keys=True),
             intensity_transform(recipe),
             *organ,
         ]
