@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +32,7 @@ from multiad_monai.transforms.preprocessing import (
     slicing_transform,
     volume_transform,
 )
+from multiad_monai.utils import staged_dir
 from multiad_monai.visualize import overlay
 
 __all__ = ["AnomalyInferer", "VolumePrediction", "list_inputs"]
@@ -81,10 +80,11 @@ class AnomalyInferer:
     Preprocessing is rebuilt from the network's recipe by :mod:`multiad_monai.transforms.preprocessing`, the
     same chains training and evaluation use; maps go back to each input's geometry through their inverse.
 
-    Per 2D image: ``<stem>_map.npy`` (float map at the image's size), ``<stem>_overlay.png``. Per
-    volume: ``<stem>_map.nii.gz`` (same shape and affine as the input) and an overlay of its most
-    anomalous slice. One ``scores.csv`` row per input. Outputs are written to a temporary folder and
-    moved into ``output_dir`` only when every input succeeded.
+    Per 2D image: ``<stem>_map.npy`` (float map at the image's size), ``<stem>_overlay.png``. Per volume:
+    ``<stem>_map.nii.gz`` (same shape and affine as the input), ``<stem>_slices.csv`` (one score per slice,
+    numbered as data_prep numbers its PNG slices) and an overlay of its most anomalous slice. One
+    ``scores.csv`` row per input. Outputs are written to a temporary folder and moved into ``output_dir``
+    only when every input succeeded.
 
     Args:
         network: the trained model; must be calibrated (see ``multiad_monai.checkpoint.load_model``).
@@ -180,21 +180,13 @@ class AnomalyInferer:
         paths = list_inputs(input_path)
         if not output_dir:
             raise ValueError("output_dir is required (--output_dir DIR): maps, overlays and scores.csv go there")
-        parent = os.path.dirname(os.path.abspath(output_dir))
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(dir=parent, prefix=".predictions-")
-        try:
+        with staged_dir(output_dir, merge=True) as staging:  # all files appear only once every input succeeded
             rows = self._write_images(paths, staging) + self._write_volumes(paths, staging)
             rows.sort(key=lambda row: paths.index(row["image"]))
             with open(os.path.join(staging, "scores.csv"), "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
                 writer.writeheader()
                 writer.writerows(rows)
-            os.makedirs(output_dir, exist_ok=True)
-            for name in os.listdir(staging):
-                os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         logger.info(f"scored {len(rows)} inputs; results in {output_dir}")
         return rows
 
@@ -227,6 +219,11 @@ class AnomalyInferer:
             nifti = nib.Nifti1Image(prediction.anomaly_map.astype(np.float32), prediction.affine)
             nib.save(nifti, os.path.join(out, f"{stem}_map.nii.gz"))
             Image.fromarray(prediction.worst_slice_overlay).save(os.path.join(out, f"{stem}_overlay.png"))
+            slice_rows = [self._row(str(i), float(score)) for i, score in enumerate(prediction.slice_scores)]
+            with open(os.path.join(out, f"{stem}_slices.csv"), "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=["slice", "score", "normalized_score", "is_anomalous"])
+                writer.writeheader()
+                writer.writerows({"slice": r.pop("image"), **r} for r in slice_rows if not r.pop("top_slices"))
             top = np.argsort(-prediction.slice_scores)[: self.top_k_slices]
             rows.append(self._row(path, float(prediction.slice_scores.max()), ";".join(str(int(i)) for i in top)))
         return rows

@@ -128,7 +128,7 @@ def volume_transform(recipe: Recipe, labels: bool = True) -> Compose:
         ]
     return Compose(
         [
-            LoadImaged(KEYS, image_only=True, allow_missing_keys=True),
+            LoadImaged(KEYS, image_only=True, dtype=None, allow_missing_keys=True),  # dtype: for intensity="dtype"
             EnsureChannelFirstd(KEYS, allow_missing_keys=True),
             OrientForSlicingd(KEYS, allow_missing_keys=True),
             intensity_transform(recipe),
