@@ -3,13 +3,14 @@
 Configuration (``--conf KEY VALUE`` of ``python -m monailabel.main start_server``):
 
 - ``models``: comma-separated bundle names, e.g. ``brain`` or ``brain,mvtec`` (default ``brain``);
-- ``bundles_dir``: the folder holding ``<name>/inference.json`` and ``<name>/train.json`` (default: this
-  repository's ``bundles/``);
+- ``bundles_dir``: the folder holding ``<name>/train.json``, used to retrain (default: this repository's
+  ``bundles/``); inference needs only the checkpoint, which carries its recipe;
 - ``<name>_ckpt_path``: the checkpoint served until a retrain run finishes (default: the bundle's
   ``models/model.pt``);
 - ``runs_dir``: where retrain runs are written, ``<runs_dir>/<name>/<run>/`` (default: the app's ``model/``);
 - ``device``: ``cpu``, ``cuda``, ... (default: ``cuda`` when available);
-- ``infer_concurrency``: inferences run at once, the others wait (default 1).
+- ``infer_concurrency``: inferences run at once, the others wait (default 1);
+- ``batch_size``: slices per forward pass (default 16).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class MultiADApp(MONAILabelApp):
         runs_dir = conf.get("runs_dir") or os.path.join(app_dir, "model")
         device = conf.get("device") or default_device()
         self.infer_concurrency = int(conf.get("infer_concurrency", 1))
+        batch_size = int(conf.get("batch_size", 16))
         self.models = {
             name: BundleModel(
                 name,
@@ -62,6 +64,7 @@ class MultiADApp(MONAILabelApp):
                 conf.get(f"{name}_ckpt_path") or os.path.join(bundles_dir, name, "models", "model.pt"),
                 os.path.join(runs_dir, name),
                 device,
+                batch_size,
             )
             for name in names
         }

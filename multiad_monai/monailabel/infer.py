@@ -25,13 +25,13 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 import torch
-from monai.transforms import LoadImage
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from PIL import Image
 
 from multiad_monai.data.layouts import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS
 from multiad_monai.inference import AnomalyInferer
 from multiad_monai.monailabel.models import BundleModel
+from multiad_monai.transforms.array import SLICE_AXCODES, SLICE_AXIS
 
 __all__ = ["AnomalyInferTask", "InputError", "check_infer_params", "RESULTS", "VOLUME_RESULT_EXTENSIONS"]
 
@@ -86,41 +86,35 @@ def input_kind(path: str) -> str:
     )
 
 
-def _root_message(error: BaseException) -> str:
-    while error.__cause__ is not None:
-        error = error.__cause__
+def _input_message(error: BaseException, path: str) -> str:
+    """The loader's first line, naming the study by file name (server paths stay on the server)."""
     lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    message = lines[0] if lines else type(error).__name__
+    return message.replace(os.path.dirname(os.path.abspath(path)) + os.sep, "")
 
 
-def read_volume_shape(path: str) -> tuple[int, ...]:
-    """Read a volume once to reject unreadable files and anything but 3D data before inference."""
-    try:
-        volume = LoadImage(image_only=True)(path)
-    except Exception as e:  # every reader has its own errors; the client needs the message, not the type
-        raise InputError(f"cannot read {os.path.basename(path)} as a volume: {_root_message(e)}") from e
-    shape = tuple(int(s) for s in volume.shape)
-    if len(shape) != 3:
-        raise InputError(f"expected a 3D volume, got shape {shape} from {os.path.basename(path)}")
-    return shape
+def slice_positions(
+    affine: np.ndarray, shape: tuple[int, ...], slices: np.ndarray, axcodes: str = SLICE_AXCODES, axis: int = SLICE_AXIS
+) -> list[dict]:
+    """Where slice ``k`` of the model's slicing (``axcodes`` along ``axis``) lies in the input volume.
 
-
-def slice_positions(affine: np.ndarray, shape: tuple[int, ...], ras_slices: np.ndarray) -> list[dict]:
-    """Where RAS axial slice ``k`` (0 = most inferior) lies in the input: voxel axis, index, and S in mm.
-
-    The S coordinate of the slice centre is what 3D Slicer shows as the axial slice offset.
+    Returns per slice the input's voxel axis and index, and the world coordinate (mm, RAS) of the slice centre
+    along that direction: for axial slices the S coordinate 3D Slicer shows as the axial slice offset.
     """
-    orientation = nib.orientations.io_orientation(affine)
-    axis = int(np.nonzero(orientation[:, 0] == 2)[0][0])
-    flipped = orientation[axis, 1] < 0
+    to_slicing = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(axcodes)
+    )
+    voxel_axis = int(np.nonzero(to_slicing[:, 0] == axis)[0][0])
+    flipped = to_slicing[voxel_axis, 1] < 0
+    world_axis = "RAS".index({"L": "R", "P": "A", "I": "S"}.get(axcodes[axis], axcodes[axis]))
     centre = (np.asarray(shape, dtype=float) - 1) / 2
     positions = []
-    for k in ras_slices:
-        index = shape[axis] - 1 - int(k) if flipped else int(k)
+    for k in slices:
+        index = shape[voxel_axis] - 1 - int(k) if flipped else int(k)
         voxel = centre.copy()
-        voxel[axis] = index
-        s_mm = float((affine @ np.r_[voxel, 1.0])[2])
-        positions.append({"slice": int(k), "voxel_axis": axis, "voxel_index": index, "s_mm": round(s_mm, 3)})
+        voxel[voxel_axis] = index
+        world = float((affine @ np.r_[voxel, 1.0])[world_axis])
+        positions.append({"slice": int(k), "voxel_axis": voxel_axis, "voxel_index": index, "world_mm": round(world, 3)})
     return positions
 
 
@@ -183,13 +177,12 @@ class AnomalyInferTask(InferTask):
         if not isinstance(path, str) or not path:
             raise InputError("this model needs an image id from the datastore or an uploaded file")
         kind = input_kind(path)
-        shape = read_volume_shape(path) if kind == "volume" else None
         start = time.time()
         with self._slots:
             waited = time.time() - start
             inferer, checkpoint = self.model.inferer()
             if kind == "volume":
-                result_file, result = self._volume(inferer, path, shape, options)
+                result_file, result = self._volume(inferer, path, options)
             else:
                 result_file, result = self._image(inferer, path, options)
         result.update(
@@ -222,26 +215,29 @@ class AnomalyInferTask(InferTask):
             "pixel_threshold": float(network.pixel_threshold),
         }
 
-    def _volume(self, inferer: AnomalyInferer, path: str, shape, options: dict) -> tuple[str, dict]:
+    def _volume(self, inferer: AnomalyInferer, path: str, options: dict) -> tuple[str, dict]:
         try:
             prediction = inferer.predict_volume(path)
-        except ValueError as e:  # the inferer's own checks of the data
-            raise InputError(str(e)) from e
+        except ValueError as e:  # unreadable, or not a one-channel 3D volume: named by the inferer's loader
+            raise InputError(_input_message(e, path)) from e
+        shape = prediction.anomaly_map.shape
         array, n_anomalous = self._output(inferer, prediction.anomaly_map, options)
         result_file = _write_volume(array, path, prediction.affine, options["result_extension"])
         slice_scores = prediction.slice_scores.astype(float)
+        recipe = inferer.network.recipe
+        axis = recipe.slice_axis
         normalized = self._scores(inferer, slice_scores)
         top = np.argsort(-slice_scores, kind="stable")[: inferer.top_k_slices]
         top_slices = [
             {**position, "score": float(slice_scores[k]), "normalized_score": float(normalized[k])}
-            for k, position in zip(top, slice_positions(prediction.affine, shape, top))
+            for k, position in zip(top, slice_positions(prediction.affine, shape, top, recipe.slice_axcodes, axis))
         ]
         return result_file, {
             **self._summary(inferer, float(slice_scores.max())),
             "dimension": 3,
             "shape": list(shape),
             "anomalous_voxels": n_anomalous,
-            "slice_axis": "RAS axial, slice 0 = most inferior",
+            "slicing": f"{recipe.slice_axcodes} orientation, axis {axis}: slice 0 = most inferior",
             "slice_scores": [round(float(s), 6) for s in slice_scores],
             "normalized_slice_scores": [round(float(s), 4) for s in normalized],
             "top_slices": top_slices,
@@ -251,7 +247,7 @@ class AnomalyInferTask(InferTask):
         try:
             _, _, raw_map, score = next(inferer.predict_images([path]))
         except ValueError as e:  # unreadable file or unsupported channels, named by the loader
-            raise InputError(_root_message(e)) from e
+            raise InputError(_input_message(e, path)) from e
         array, n_anomalous = self._output(inferer, raw_map, options)
         if options["result"] == "label":
             result_file = tempfile.NamedTemporaryFile(suffix=".png", delete=False).name

@@ -16,8 +16,8 @@ import threading
 from dataclasses import dataclass
 
 import torch
-from monai.bundle import ConfigParser
 
+from multiad_monai.checkpoint import load_model
 from multiad_monai.inference import AnomalyInferer
 
 __all__ = ["BundleModel", "Checkpoint", "load_inferer", "RUN_FILE"]
@@ -27,24 +27,14 @@ logger = logging.getLogger(__name__)
 RUN_FILE = "run.json"  # written by a retrain run once its checkpoint is complete
 
 
-def load_inferer(bundle_dir: str, ckpt_path: str, device: str) -> AnomalyInferer:
-    """The one place the app builds a model: the bundle's ``inference.json`` with another checkpoint and device.
+def load_inferer(ckpt_path: str, device: str, batch_size: int = 16) -> AnomalyInferer:
+    """The one place the app builds a model: network, preprocessing recipe and calibration from the checkpoint.
 
     Raises:
-        ValueError: the checkpoint is missing, does not fit the bundle, or is not calibrated.
+        FileNotFoundError: no file at ``ckpt_path``.
+        ValueError: the file is corrupt, not calibrated, or written before checkpoints carried their recipe.
     """
-    if not os.path.isfile(ckpt_path):
-        raise ValueError(f"checkpoint not found: {ckpt_path}")
-    parser = ConfigParser()
-    parser.read_config(os.path.join(bundle_dir, "inference.json"))
-    parser.update({"bundle_root": bundle_dir, "ckpt_path": ckpt_path, "device": device})
-    try:
-        return parser.get_parsed_content("inferer")
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        cause = e
-        while cause.__cause__ is not None:  # ConfigParser wraps the loader's own message
-            cause = cause.__cause__
-        raise ValueError(f"cannot load {ckpt_path} with {bundle_dir}/inference.json: {cause}") from e
+    return AnomalyInferer(load_model(ckpt_path, device=device), device=device, batch_size=batch_size)
 
 
 @dataclass(frozen=True)
@@ -72,21 +62,25 @@ class BundleModel:
 
     Args:
         name: the model name in the app's URLs (``/infer/<name>``), also the bundle folder's name.
-        bundle_dir: ``bundles/<name>``, holding ``inference.json`` and ``train.json``.
+        bundle_dir: ``bundles/<name>``, whose ``train.json`` retrains the model (inference needs only the
+            checkpoint).
         base_ckpt: checkpoint used until a retrain run finishes.
         runs_dir: where this model's retrain runs are written, one sub-folder each.
         device: ``"cpu"``, ``"cuda"``, ...
+        batch_size: slices per forward pass.
     """
 
-    def __init__(self, name: str, bundle_dir: str, base_ckpt: str, runs_dir: str, device: str) -> None:
-        for config in ("inference.json", "train.json"):
-            if not os.path.isfile(os.path.join(bundle_dir, config)):
-                raise ValueError(f"model {name!r}: {bundle_dir} has no {config} (is it a multiad-monai bundle?)")
+    def __init__(
+        self, name: str, bundle_dir: str, base_ckpt: str, runs_dir: str, device: str, batch_size: int = 16
+    ) -> None:
+        if not os.path.isfile(os.path.join(bundle_dir, "train.json")):
+            raise ValueError(f"model {name!r}: {bundle_dir} has no train.json (is it a multiad-monai bundle?)")
         self.name = name
         self.bundle_dir = bundle_dir
         self.base_ckpt = base_ckpt
         self.runs_dir = runs_dir
         self.device = device
+        self.batch_size = batch_size
         self._lock = threading.Lock()
         self._cached: tuple[Checkpoint, AnomalyInferer] | None = None
         self._keys: dict[tuple[str, float, int], str] = {}
@@ -124,7 +118,7 @@ class BundleModel:
             checkpoint = self.checkpoint()
             if self._cached is None or self._cached[0] != checkpoint:
                 logger.info(f"model {self.name!r}: loading {checkpoint.path} (sha256 {checkpoint.key})")
-                self._cached = (checkpoint, load_inferer(self.bundle_dir, checkpoint.path, self.device))
+                self._cached = (checkpoint, load_inferer(checkpoint.path, self.device, self.batch_size))
             return self._cached[1], self._cached[0]
 
     def info(self) -> dict:

@@ -1,9 +1,12 @@
 """MONAI Label train task: retrain a served bundle on the studies marked normal, through its own ``train.json``.
 
-Each request gets its own run folder ``<runs_dir>/<YYYYmmdd-HHMMSS>-<id>/`` (dataset links, checkpoints,
-``metrics.json``, overlays, the final ``model.pt``) and its own MLflow run in ``<runs_dir>/mlruns.db``. The
-``run.json`` record is written last, once the checkpoint is complete: from then on the app serves that
-checkpoint (see :class:`multiad_monai.monailabel.models.BundleModel`). A failed run leaves no folder behind.
+The bundle runs as the README's command, ``python -m monai.bundle run training --config_file
+bundles/<name>/train.json ...``, from the folder holding ``bundles/`` (the bundles refer to ``bundles/common``
+relative to it), with the request's values in an ``--args_file``. Each request gets its own run folder
+``<runs_dir>/<YYYYmmdd-HHMMSS>-<id>/`` (dataset links, checkpoints, ``metrics.json``, overlays, the final
+``model.pt``) and its own MLflow run in ``<runs_dir>/mlruns.db``. The ``run.json`` record is written last, once
+the checkpoint is complete: from then on the app serves that checkpoint (see
+:class:`multiad_monai.monailabel.models.BundleModel`). A failed run leaves no folder behind.
 """
 
 from __future__ import annotations
@@ -12,17 +15,19 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
 
 from monai.bundle import ConfigParser
-from monai.bundle import run as run_bundle
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from multiad_monai.monailabel.models import RUN_FILE, BundleModel
 from multiad_monai.monailabel.studies import build_dataset, review
+from multiad_monai.utils import atomic_write
 
 __all__ = ["RetrainTask", "check_train_params", "CLIENT_KEYS", "SHOWN_KEYS"]
 
@@ -37,25 +42,51 @@ RESERVED_KEYS = {
     "bundle_root", "dataset_dir", "category", "demo_dir", "output_dir", "ckpt_path", "checkpoint_dir", "data_root",
     "tracking_uri", "experiment_name", "run_name", "resume", "is_main", "imports",
 }  # fmt: skip
-# how the model reads images and builds its map: inference reads them from the bundle's inference.json, so a
-# retrained checkpoint must keep the bundle's values
-RECIPE_KEYS = {
-    "teacher", "teacher_weights", "allow_download", "layers", "fusion", "sigma", "score", "topk_ratio",
-    "threshold_sigmas", "intensity", "percentiles", "hu_window", "resize_mode",
-}  # fmt: skip
+
+
+def _resolve(value: Any, root: str) -> Any:
+    """Follow ``"%bundles/common/train.json#key"`` macros (relative to ``root``) to their value."""
+    while isinstance(value, str) and value.startswith("%"):
+        path, *keys = value[1:].split("#")
+        value = ConfigParser.load_config_file(os.path.join(root, path))
+        for key in keys:
+            value = value[key]
+    return value
 
 
 def bundle_defaults(bundle_dir: str) -> dict[str, Any]:
     """The plain top-level values of ``train.json`` a request may override (numbers, strings, flags, lists)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(bundle_dir)))
     config = ConfigParser.load_config_file(os.path.join(bundle_dir, "train.json"))
+    values = {key: _resolve(value, root) for key, value in config.items() if key not in RESERVED_KEYS}
 
     def plain(value: Any) -> bool:  # a computed scalar ("$...") may be replaced; references and steps may not
         if isinstance(value, list):
             return all(plain(v) and not (isinstance(v, str) and v.startswith("$")) for v in value)
         return isinstance(value, (bool, int, float, type(None))) or isinstance(value, str) and "@" not in value
 
-    fixed = RESERVED_KEYS | RECIPE_KEYS
-    return {key: value for key, value in config.items() if key not in fixed and plain(value)}
+    return {key: value for key, value in values.items() if plain(value)}
+
+
+def run_quietly(command: list[str], cwd: str) -> tuple[int, str]:
+    """Run ``command``, passing its output on without traceback frames; returns ``(exit code, last line)``.
+
+    MONAI Label shows the task's last output lines to the client: they should end with the error's message.
+    """
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last, in_traceback = "", False
+    for line in process.stdout:
+        line = line.rstrip()
+        if line.startswith("Traceback (most recent call last)"):
+            in_traceback = True
+            continue
+        if in_traceback and (line.startswith(" ") or not line):
+            continue
+        in_traceback = False
+        if line:
+            print(line, flush=True)
+            last = line
+    return process.wait(), last
 
 
 def _same_type(value: Any, default: Any) -> bool:
@@ -80,8 +111,6 @@ def check_train_params(defaults: dict[str, Any], request: dict[str, Any]) -> dic
             continue
         if key in RESERVED_KEYS:
             raise ValueError(f"{key!r} is set by the app for every run and cannot be passed to /train")
-        if key in RECIPE_KEYS:
-            raise ValueError(f"{key!r} is fixed by the served bundle (its inference.json), not a /train parameter")
         if key not in defaults:
             raise ValueError(f"unknown train parameter {key!r}; accepted: {sorted(defaults)}")
         if not _same_type(value, defaults[key]):
@@ -94,6 +123,11 @@ def check_train_params(defaults: dict[str, Any], request: dict[str, Any]) -> dic
         if key in overrides and overrides[key] < (32 if key == "image_size" else 1):
             raise ValueError(f"train parameter {key!r} is too small: {overrides[key]}")
     return overrides
+
+
+def _dump(value: Any, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2)
 
 
 class RetrainTask(TrainTask):
@@ -133,17 +167,25 @@ class RetrainTask(TrainTask):
             studies = build_dataset(review(datastore), os.path.join(run_dir, "dataset"))
             logger.info(f"retraining {self.model.name} in {run_dir} on {studies}")
             start = time.time()
-            run_bundle(
-                "training",
-                config_file=os.path.join(self.model.bundle_dir, "train.json"),
-                bundle_root=self.model.bundle_dir,
-                dataset_dir=os.path.join(run_dir, "dataset"),
-                output_dir=run_dir,
-                ckpt_path=os.path.join(run_dir, "model.pt"),
-                tracking_uri="sqlite:///" + os.path.join(os.path.abspath(self.model.runs_dir), "mlruns.db"),
-                run_name=f"{self.model.name}-{name}",
+            args = {
+                "bundle_root": self.model.bundle_dir,
+                "dataset_dir": os.path.join(run_dir, "dataset"),
+                "output_dir": run_dir,
+                "ckpt_path": os.path.join(run_dir, "model.pt"),
+                "tracking_uri": "sqlite:///" + os.path.join(os.path.abspath(self.model.runs_dir), "mlruns.db"),
+                "run_name": f"{self.model.name}-{name}",
                 **overrides,
-            )
+            }
+            _dump(args, os.path.join(run_dir, "args.json"))
+            command = [
+                sys.executable, "-m", "monai.bundle", "run", "training",
+                "--config_file", os.path.join(self.model.bundle_dir, "train.json"),
+                "--args_file", os.path.join(run_dir, "args.json"),
+            ]  # fmt: skip
+            root = os.path.dirname(os.path.dirname(os.path.abspath(self.model.bundle_dir)))
+            code, last_line = run_quietly(command, cwd=root)
+            if code != 0:
+                raise ValueError(f"the {self.model.name} training bundle failed (exit code {code}): {last_line}")
             metrics_file = os.path.join(run_dir, "metrics.json")
             metrics = json.load(open(metrics_file)) if os.path.isfile(metrics_file) else {}
             record = {
@@ -154,10 +196,8 @@ class RetrainTask(TrainTask):
                 "metrics": metrics,
                 "seconds": round(time.time() - start, 1),
             }
-            tmp = os.path.join(run_dir, f".{RUN_FILE}.tmp")
-            with open(tmp, "w") as f:
-                json.dump(record, f, indent=2)
-            os.replace(tmp, os.path.join(run_dir, RUN_FILE))  # the new checkpoint is served from here on
+            # the new checkpoint is served from here on
+            atomic_write(os.path.join(run_dir, RUN_FILE), lambda tmp: _dump(record, tmp))
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
