@@ -29,32 +29,12 @@ import SimpleITK as sitk  # noqa: E402
 from PIL import Image  # noqa: E402
 from requests_toolbelt.multipart.decoder import MultipartDecoder  # noqa: E402
 
-from tests.bundles.helpers import ROOT, run_in_process  # noqa: E402
+from tests.bundles.helpers import ROOT  # noqa: E402
 from tests.monailabel.studies import LESION, TILTED_AFFINE, save_volume, volume, write_png  # noqa: E402
 
 NORMAL = ["normal0", "normal1", "normal2"]
 LESIONS = ["lesion0", "tilted", "scan"]  # scan is an NRRD volume
 BROKEN = ["fourd", "corrupt"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    """The brain bundle trained one epoch at 64 px on five normal volumes (test split: one lesion volume)."""
-    root = tmp_path_factory.mktemp("monailabel_model")
-    data, out = root / "data", root / "out"
-    for i in range(5):
-        save_volume(str(data / "imagesTr" / f"train{i}.nii.gz"))
-    save_volume(str(data / "imagesTs" / "test0.nii.gz"), lesion=True)
-    label = np.zeros((24, 24, 12), dtype=np.uint8)
-    label[LESION] = 1
-    os.makedirs(data / "labelsTs")
-    affine = nib.load(data / "imagesTs" / "test0.nii.gz").affine
-    nib.save(nib.Nifti1Image(label, affine), data / "labelsTs" / "test0.nii.gz")
-    run_in_process(
-        "brain", "training", dataset_dir=str(data), output_dir=str(out), ckpt_path=str(out / "model.pt"),
-        epochs=1, image_size=64, batch_size=4, num_overlays=1, tracking_uri=f"sqlite:///{out}/mlruns.db",
-    )  # fmt: skip
-    return str(out / "model.pt")
 
 
 def write_studies(folder: str) -> None:

@@ -7,17 +7,19 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 pytest.importorskip("monailabel", reason="the MONAI Label app needs the extra: pip install -e '.[monailabel]'")
 
 from monailabel.datastore.local import LocalDatastore  # noqa: E402
 
 from multiad_monai.data.layouts import index_dataset  # noqa: E402
-from multiad_monai.monailabel.infer import check_infer_params, slice_positions  # noqa: E402
+from multiad_monai.monailabel.infer import AnomalyInferTask, check_infer_params, slice_positions  # noqa: E402
+from multiad_monai.monailabel.models import BundleModel  # noqa: E402
 from multiad_monai.monailabel.studies import build_dataset, review  # noqa: E402
 from multiad_monai.monailabel.train import bundle_defaults, check_train_params  # noqa: E402
 from tests.bundles.helpers import ROOT  # noqa: E402
-from tests.monailabel.studies import save_volume, write_png  # noqa: E402
+from tests.monailabel.studies import save_volume, write_dicom_series, write_png  # noqa: E402
 
 
 def _datastore(folder: str, names: list[str]) -> LocalDatastore:
@@ -143,3 +145,17 @@ def test_slice_positions_map_to_the_input_axis(affine, voxel_axis, flipped):
     voxel = (np.asarray(shape) - 1) / 2
     voxel[voxel_axis] = index
     assert position["world_mm"] == pytest.approx((affine @ np.r_[voxel, 1])[2])
+
+
+def test_dicom_series_folder_gets_a_label_in_its_geometry(tmp_path, checkpoint):
+    """A DICOMweb datastore hands a series as a folder of slices; the label comes back with its geometry."""
+    source = write_dicom_series(str(tmp_path / "series"))
+    model = BundleModel("brain", os.path.join(ROOT, "bundles", "brain"), checkpoint, str(tmp_path / "runs"), "cpu")
+    path, result = AnomalyInferTask(model)({"image": str(tmp_path / "series")})
+    label = sitk.ReadImage(path)
+    assert label.GetSize() == source.GetSize() == (24, 24, 12) and result["dimension"] == 3
+    for get in ("GetSpacing", "GetOrigin", "GetDirection"):
+        assert np.allclose(getattr(label, get)(), getattr(source, get)()), get
+    top = result["top_slices"][0]
+    assert top["voxel_index"] in (4, 5, 6) and top["world_mm"] == pytest.approx(5.0 + 3.0 * top["voxel_index"])
+    os.remove(path)
