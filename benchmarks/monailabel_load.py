@@ -116,8 +116,11 @@ def main(argv: list[str] | None = None) -> dict:
             time.sleep(1)
         infer = f"{url}/infer/{args.model}?image=volume&output=image"
         requests.post(infer, timeout=600).raise_for_status()  # loads the model
-        single = requests.post(infer, timeout=600)
-        single.raise_for_status()
+        singles = []
+        for _ in range(3):  # one request at a time
+            start = time.time()
+            requests.post(infer, timeout=600).raise_for_status()
+            singles.append(time.time() - start)
         rss_before = psutil.Process(server.pid).memory_info().rss
 
         def one(_: int) -> tuple[int, float]:
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
             "statuses": sorted({code for code, _ in results}),
             "volume_shape": args.shape,
             "infer_concurrency": args.infer_concurrency,
-            "single_request_s": round(single.elapsed.total_seconds(), 2),
+            "single_request_median_s": round(statistics.median(singles), 2),
             "latency_p50_s": round(statistics.median(latencies), 2),
             "latency_p95_s": round(percentile(latencies, 95), 2),
             "latency_max_s": round(max(latencies), 2),

@@ -199,7 +199,9 @@ class AnomalyInferTask(InferTask):
         return network.normalize_score(torch.as_tensor(scores, device=network.score_mean.device)).cpu().numpy()
 
     def _output(self, inferer: AnomalyInferer, raw_map: np.ndarray, options: dict) -> tuple[np.ndarray, int]:
-        normalized = inferer.network.normalize_map(torch.from_numpy(raw_map.astype(np.float32))).numpy()
+        network = inferer.network  # its calibration buffers live on the inference device
+        raw = torch.from_numpy(raw_map.astype(np.float32)).to(network.pixel_mean.device)
+        normalized = network.normalize_map(raw).cpu().numpy()
         label = (normalized > options["threshold"]).astype(np.uint8)
         array = label if options["result"] == "label" else normalized.astype(np.float32)
         return array, int(label.sum())
