@@ -21,6 +21,7 @@ from multiad_monai.transforms.preprocessing import (
     slicing_transform,
     volume_transform,
 )
+from multiad_monai.utils.errors import check_path
 
 __all__ = ["AnomalyData", "NamedErrorDataset", "apply_named", "load_datasets"]
 
@@ -96,7 +97,8 @@ def load_datasets(
     """
     if not 0.0 < calibration_fraction < 1.0:
         raise ValueError(f"calibration_fraction must be in (0, 1), got {calibration_fraction}")
-    if category:
+    check_path(dataset_dir, "dataset_dir")
+    if category not in (None, ""):
         dataset_dir = os.path.join(dataset_dir, str(category))
     layout, splits = index_dataset(dataset_dir)
 
@@ -105,8 +107,16 @@ def load_datasets(
     # calibration needs at least two samples to estimate a spread
     held_out = set(rng.permutation(len(train_items))[: max(2, round(calibration_fraction * len(train_items)))].tolist())
     if len(held_out) >= len(train_items):
+        unit = "volumes" if layout == "volumes" else "images"
         raise ValueError(
-            f"{dataset_dir} has too few training samples ({len(train_items)}) to hold out calibration data"
+            f"{dataset_dir} has {len(train_items)} normal training {unit}; at least 3 are needed (2 held out to "
+            f"calibrate the scores, the rest to train), and many more to train well"
+        )
+    if len(train_items) - len(held_out) < 10 and layout != "volumes":
+        logger.warning(
+            f"only {len(train_items) - len(held_out)} of the {len(train_items)} normal images of {dataset_dir} are "
+            f"left to train after holding out {len(held_out)} for calibration (calibration_fraction="
+            f"{calibration_fraction}): expect a weak model"
         )
     calibration_items = [item for i, item in enumerate(train_items) if i in held_out]
     fit_items = [item for i, item in enumerate(train_items) if i not in held_out]

@@ -3,3 +3,4 @@ from .checkpoints import AtomicCheckpointSaver, clear_checkpoints, last_checkpoi
 from .evaluation_report import EvaluationReport
 from .metrics_writer import MetricsJSONWriter, write_json_atomic
 from .overlays import OverlaySaver
+from .run_state import PruneStaleCheckpoints, TrainingRunState, check_before_training, create_tracking_store
