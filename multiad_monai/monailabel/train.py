@@ -40,7 +40,7 @@ SHOWN_KEYS = ("epochs", "image_size", "batch_size", "learning_rate", "adversaria
 # bundle keys the app sets for every run
 RESERVED_KEYS = {
     "bundle_root", "dataset_dir", "category", "demo_dir", "output_dir", "ckpt_path", "checkpoint_dir", "data_root",
-    "tracking_uri", "experiment_name", "run_name", "resume", "is_main", "imports",
+    "tracking_uri", "experiment_name", "run_name", "resume", "overwrite", "is_main", "imports",
 }  # fmt: skip
 
 
