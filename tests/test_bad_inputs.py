@@ -174,3 +174,17 @@ def test_root_message_prefers_the_package_s_own_error():
     except RuntimeError as outer:
         assert root_message(outer) == "FileNotFoundError: dataset_dir /nonexistent/data does not exist"
     assert sys.excepthook is not None
+
+
+def test_a_large_image_is_reduced_on_reading_and_its_map_has_the_file_s_size(inferer, tmp_path):
+    """Memory follows the model, not the file: a 2000 x 1500 image is read at less than 4 x the input size (the
+    reduction factor is the whole number of times twice the input size fits)."""
+    path = tmp_path / "large.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (1500, 2000), dtype=np.uint8)).save(path)
+    loaded = inferer.image_chain({"image": str(path)})["image"]
+    assert loaded.shape[1:] == (49, 65)  # factor 2000 // 64 = 31, sizes rounded up
+    (_, image, anomaly_map, _) = next(inferer.predict_images([str(path)]))
+    assert anomaly_map.shape == (1500, 2000) and image.shape == (3, 49, 65)
+    inferer(str(path), str(tmp_path / "out"))
+    saved = np.load(tmp_path / "out" / "large_map.npy")
+    assert saved.shape == (1500, 2000) and saved.dtype == np.float16
