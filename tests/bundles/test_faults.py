@@ -11,6 +11,7 @@ import subprocess
 import mlflow
 import pytest
 
+from multiad_monai.handlers import create_tracking_store
 from tests.bundles.faults import POINTS
 from tests.bundles.helpers import ROOT, bundle_command, run, run_in_process
 
@@ -83,8 +84,11 @@ def test_killed_run_replaced_with_other_settings_is_marked_killed(mvtec_dir, tmp
     assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt"]
 
 
-def test_two_concurrent_runs_into_one_new_store_are_two_finished_runs(mvtec_dir, tmp_path):
+@pytest.mark.parametrize("store_exists", [False, True])
+def test_two_concurrent_runs_into_one_store_are_two_finished_runs(mvtec_dir, tmp_path, store_exists):
     store = "sqlite:///" + str(tmp_path / "shared" / "mlruns.db")
+    if store_exists:
+        create_tracking_store(store)
     commands = [
         bundle_command("brain", "training", str(tmp_path / name), *ARGS, "--dataset_dir", mvtec_dir, "--epochs", "1")
         + ["--tracking_uri", store]
