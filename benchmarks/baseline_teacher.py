@@ -18,6 +18,7 @@ from monai.data import DataLoader
 from multiad_monai.data import load_datasets
 from multiad_monai.metrics import image_auroc, image_f1_max, pixel_aupro, pixel_auroc
 from multiad_monai.networks import AnomalyMapGenerator, build_teacher
+from multiad_monai.recipe import Recipe
 
 
 @torch.no_grad()
@@ -33,9 +34,8 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_grad_enabled(False)
-    data = load_datasets(
-        args.dataset_dir, image_size=args.image_size, intensity=args.intensity, invert_masks=args.invert_masks
-    )
+    recipe = Recipe(image_size=args.image_size, intensity=args.intensity, sigma=args.sigma)
+    data = load_datasets(args.dataset_dir, recipe, invert_masks=args.invert_masks)
     teacher = build_teacher()
     head = AnomalyMapGenerator(sigma=args.sigma)
     start = time.perf_counter()

@@ -168,7 +168,12 @@ def main() -> dict:
         parser.error(f"--device {args.device} requested but CUDA is not available; use --device cpu")
 
     torch.manual_seed(args.seed)
-    network = MultiAD(teacher=args.teacher, teacher_weights=args.teacher_weights, allow_download=args.allow_download)
+    network = MultiAD(
+        teacher=args.teacher,
+        image_size=args.image_size,
+        teacher_weights=args.teacher_weights,
+        allow_download=args.allow_download,
+    )
     network = network.to(device)
     if args.channels_last:
         network = network.to(memory_format=torch.channels_last)

@@ -85,9 +85,8 @@ class Run:
             "--config_file", os.path.join(bundle, "train.json"), "--bundle_root", bundle,
             "--dataset_dir", self.dataset_dir, "--output_dir", out, "--ckpt_path", os.path.join(out, "model.pt"),
             "--seed", str(self.seed), "--tracking_uri", tracking_uri, "--experiment_name", experiment,
-            "--run_name", self.name, "--run_tracker#domain", self.domain,
-            "--run_tracker#tags", repr({"config": self.config, "benchmark_key": self.key}),
-            "--run_tracker#log_model", str(log_model),
+            "--run_name", self.name, "--log_model", str(log_model),
+            "--run_tags", repr({"domain": self.domain, "config": self.config, "benchmark_key": self.key}),
         ]  # fmt: skip
         if self.category:
             command += ["--category", self.category]

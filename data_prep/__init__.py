@@ -8,6 +8,12 @@ Every converter writes 8-bit grey PNGs::
     <out>/{valid,test}/Ungood/img/<name>.png    anomalous
     <out>/{valid,test}/Ungood/label/<name>.png  binary 0/255 mask (datasets with masks only)
 
+Slices of 3D volumes (BraTS, liver CT) follow the package's one slice convention,
+:data:`multiad_monai.transforms.SLICE_AXCODES` (``"PLS"``) cut along :data:`multiad_monai.transforms.SLICE_AXIS`:
+rows run anterior -> posterior, columns from the patient's right to left (radiological display) and slice
+indices from inferior to superior, whatever the voxel order of the file. The package slices NIfTI input at
+training and inference time with the same code, so a model sees a patient alike in PNGs and in volumes.
+
 Modules (each runnable as ``python -m data_prep.<module> --help``):
 
 - :mod:`data_prep.brats`: BraTS2021 volumes to brain slices.

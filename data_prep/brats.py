@@ -3,7 +3,9 @@
 Input: ``<input_dir>/BraTS2021_XXXXX/BraTS2021_XXXXX_{flair,t1,t1ce,t2,seg}.nii.gz`` (one folder per patient).
 
 For every patient, the chosen modality is scaled to 0-255 between the 0.5 and 99.5 percentiles of its brain
-voxels (> 0) and cut into axial slices (last array axis) within ``--slice_range`` (BMAD keeps 60-99). Slices
+voxels (> 0) and cut into axial slices within ``--slice_range`` (BMAD keeps 60-99), in the package's slice
+convention (:data:`multiad_monai.transforms.SLICE_AXCODES`: rows anterior -> posterior, columns patient right ->
+left, slice indices inferior -> superior; BraTS files are stored LPS, so indices are those of the file). Slices
 with less than ``--min_brain_fraction`` brain are skipped. A slice is normal when it holds no tumour voxel
 (seg > 0), anomalous otherwise. Patients are split into train / valid / test; training patients give their
 normal slices to ``train/good``, valid and test patients give normal slices to ``good`` (with an all-zero mask)
@@ -22,6 +24,8 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
+
 from data_prep.common import (
     GOOD,
     UNGOOD,
@@ -30,7 +34,6 @@ from data_prep.common import (
     check_slice_range,
     check_volume_pair,
     find_nifti,
-    inplane_transform,
     iter_axial_slices,
     load_volume,
     percentile_to_uint8,
@@ -39,6 +42,7 @@ from data_prep.common import (
     run_converter,
     split_ids,
 )
+from multiad_monai.transforms import SLICE_AXIS
 
 __all__ = ["MODALITIES", "find_patients", "patient_files", "convert_patient", "convert_brats", "main"]
 
@@ -77,7 +81,7 @@ def patient_files(
     seg_path = find_nifti(patient_dir, f"{patient}_seg", "segmentation")
     shape = check_volume_pair(image_path, seg_path)
     if slice_range is not None:
-        check_slice_range(slice_range, shape[2], image_path)
+        check_slice_range(slice_range, shape[SLICE_AXIS], image_path)
     return image_path, seg_path
 
 
@@ -97,7 +101,7 @@ def convert_patient(
         split: ``"train"`` (normal slices only), ``"valid"`` or ``"test"``.
         writer: the output.
         modality: one of :data:`MODALITIES`.
-        slice_range: ``(start, stop)`` axial slice indices, stop excluded.
+        slice_range: ``(start, stop)`` axial slice indices (inferior -> superior), stop excluded.
         min_brain_fraction: skip slices whose brain (voxels > 0) covers less than this share of the slice.
         percentiles: brain-voxel percentiles mapped to 0 and 255.
 
@@ -107,15 +111,14 @@ def convert_patient(
     """
     patient = os.path.basename(os.path.normpath(patient_dir))
     image_path, seg_path = patient_files(patient_dir, modality)
-    volume, affine = load_volume(image_path)
-    seg, _ = load_volume(seg_path, integer=True)
+    volume = load_volume(image_path)
+    seg = load_volume(seg_path, integer=True)
     brain = volume > 0
     if not brain.any():
         raise ValueError(f"{image_path} has no brain voxel (no value > 0)")
     scaled = percentile_to_uint8(volume, *percentiles, where=brain)
-    slices = iter_axial_slices(scaled, seg, inplane_transform(affine, image_path), slice_range, image_path)
-    for k, image, label in slices:
-        if brain[:, :, k].mean() < min_brain_fraction:
+    for k, image, label in iter_axial_slices(scaled, seg, slice_range, image_path):
+        if np.take(brain, k, axis=SLICE_AXIS).mean() < min_brain_fraction:
             continue
         anomalous = bool((label > 0).any())
         if split == "train" and anomalous:

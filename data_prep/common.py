@@ -1,4 +1,12 @@
-"""Helpers shared by the converters: intensity scaling, NIfTI loading, PNG writing and patient-wise splits."""
+"""Helpers shared by the converters: intensity scaling, NIfTI loading, PNG writing and patient-wise splits.
+
+The geometry of slices is not decided here: volumes are loaded and reoriented with
+:func:`multiad_monai.transforms.load_volume_for_slicing` (to :data:`~multiad_monai.transforms.SLICE_AXCODES`) and
+cut along :data:`~multiad_monai.transforms.SLICE_AXIS` with :class:`~multiad_monai.transforms.VolumeToSlices`,
+exactly as the package does for NIfTI input at training and inference time. A prepared PNG slice therefore shows
+the patient as the model sees the same volume later: rows run anterior -> posterior, columns from the patient's
+right to left (radiological display), slice indices from inferior to superior.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +14,15 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
-from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from PIL import Image
+
+from multiad_monai.transforms import SLICE_AXIS, VolumeToSlices, load_volume_for_slicing, oriented_shape
+from multiad_monai.utils import atomic_write
 
 __all__ = [
     "GOOD",
@@ -25,7 +34,6 @@ __all__ = [
     "check_slice_range",
     "check_volume_pair",
     "find_nifti",
-    "inplane_transform",
     "iter_axial_slices",
     "load_volume",
     "nifti_stem",
@@ -40,12 +48,8 @@ __all__ = [
     "write_png",
 ]
 
-logger = logging.getLogger(__name__)
-
 GOOD, UNGOOD = "good", "Ungood"
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
-# radiological display of an axial slice: rows run anterior -> posterior, columns patient right -> left
-_DISPLAY_AXCODES = ("P", "L")
 
 
 # ----------------------------------------------------------------------------------------------- intensities
@@ -124,7 +128,7 @@ def find_nifti(folder: str, stem: str, what: str) -> str:
 
 
 def _open_volume(path: str) -> tuple[nib.Nifti1Image, tuple[int, ...]]:
-    """Open a NIfTI file lazily (header only) and return it with its 3D shape, or raise naming ``path``."""
+    """Open a NIfTI file lazily (header only) and return it with its stored 3D shape, or raise naming ``path``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"missing volume {path}")
     try:
@@ -140,67 +144,53 @@ def _open_volume(path: str) -> tuple[nib.Nifti1Image, tuple[int, ...]]:
 
 
 def check_volume_pair(image_path: str, label_path: str) -> tuple[int, ...]:
-    """Check from the headers only that both files exist, are 3D and have the same shape.
+    """Check from the headers only that both files exist, are 3D and have the same shape once oriented.
 
     Converters call it on every input pair before writing anything, so bad input fails early.
 
     Returns:
-        The shape of the volumes.
+        The shape ``(H, W, D)`` of the volumes once reoriented for slicing (see
+        :func:`multiad_monai.transforms.oriented_shape`): ``D``, at :data:`~multiad_monai.transforms.SLICE_AXIS`,
+        is their number of axial slices.
 
     Raises:
         FileNotFoundError / ValueError: naming the file and the problem.
     """
-    _, image_shape = _open_volume(image_path)
-    _, label_shape = _open_volume(label_path)
-    if image_shape != label_shape:
-        raise ValueError(f"{label_path} has shape {label_shape} but its image {image_path} has shape {image_shape}")
-    return image_shape
+    image, image_shape = _open_volume(image_path)
+    label, label_shape = _open_volume(label_path)
+    oriented = oriented_shape(image_shape, image.affine)
+    if oriented != oriented_shape(label_shape, label.affine):
+        hint = " but another orientation (see their affines)" if label_shape == image_shape else ""
+        raise ValueError(
+            f"{label_path} has shape {label_shape} but its image {image_path} has shape {image_shape}{hint}"
+        )
+    return oriented
 
 
-def load_volume(path: str, integer: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Load a 3D NIfTI volume with nibabel.
+def load_volume(path: str, integer: bool = False) -> np.ndarray:
+    """Load a 3D NIfTI volume reoriented for slicing, with :func:`multiad_monai.transforms.load_volume_for_slicing`.
+
+    Whatever the voxel order of the file (RAS, LPS, swapped or slice-first axes), the result is in
+    :data:`~multiad_monai.transforms.SLICE_AXCODES`: axis 0 anterior -> posterior, axis 1 patient right -> left,
+    axis 2 inferior -> superior. Only flips and axis swaps: no voxel is resampled and values are kept (so is the
+    data type, but for ``uint16`` / ``uint32``, which torch holds as wider signed integers).
 
     Args:
         path: the ``.nii`` / ``.nii.gz`` file.
         integer: return integers (segmentations): floating-point data are rounded to ``int32``.
 
     Returns:
-        ``(array, affine)``; a trailing singleton 4th axis is dropped.
+        The ``(H, W, D)`` array; a trailing singleton 4th axis is dropped.
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
         ValueError: naming ``path`` when it cannot be read or is not 3D.
     """
-    image, shape = _open_volume(path)
-    try:
-        array = np.asanyarray(image.dataobj).reshape(shape)
-    except Exception as e:
-        raise ValueError(f"cannot read {path}: {e}") from e
+    _open_volume(path)  # the header checks, with their messages
+    array = load_volume_for_slicing(path).as_tensor()[0].numpy()
     if integer and not np.issubdtype(array.dtype, np.integer):
         array = np.rint(array).astype(np.int32)
-    return array, image.affine
-
-
-def inplane_transform(affine: np.ndarray, path: str = "") -> np.ndarray | None:
-    """Orientation transform putting axial slices (last array axis) in radiological display.
-
-    After the transform rows run anterior to posterior and columns from the patient's right to left, whatever
-    the voxel order of the file, so that volumes stored in different orientations give alike images. The
-    slice axis itself is not touched, so slice indices stay those of the file.
-
-    Args:
-        affine: the volume's voxel-to-world (RAS) affine.
-        path: the file, for the warning.
-
-    Returns:
-        A 2D ``nibabel`` orientation transform for :func:`nibabel.orientations.apply_orientation`, or ``None``
-        (slices kept as stored, with a warning) when the last axis is not the superior-inferior one.
-    """
-    ornt = io_orientation(affine)
-    if ornt[2, 0] != 2:
-        logger.warning(f"the last axis of {path} is not superior-inferior: its slices are not axial, kept as stored")
-        return None
-    return ornt_transform(ornt[:2], axcodes2ornt(_DISPLAY_AXCODES))
+    return array
 
 
 def check_slice_range(slice_range: Sequence[int], depth: int, path: str = "") -> tuple[int, int]:
@@ -212,32 +202,30 @@ def check_slice_range(slice_range: Sequence[int], depth: int, path: str = "") ->
 
 
 def iter_axial_slices(
-    image: np.ndarray,
-    label: np.ndarray,
-    transform: np.ndarray | None,
-    slice_range: Sequence[int] | None = None,
-    path: str = "",
+    image: np.ndarray, label: np.ndarray, slice_range: Sequence[int] | None = None, path: str = ""
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(index, image_slice, label_slice)`` along the last axis, oriented with ``transform``.
+    """Yield ``(index, image_slice, label_slice)`` cut by :class:`multiad_monai.transforms.VolumeToSlices`.
 
     Args:
-        image: 3D volume.
-        label: 3D segmentation of the same shape.
-        transform: from :func:`inplane_transform` (``None``: slices as stored).
+        image: ``(H, W, D)`` volume from :func:`load_volume` (or derived from one voxel-wise, e.g. scaled).
+        label: ``(H, W, D)`` segmentation from :func:`load_volume`.
         slice_range: ``(start, stop)`` slice indices, stop excluded; default: all slices.
         path: the image file, for the error message.
+
+    Yields:
+        The slice index (inferior -> superior) and the ``(H, W)`` image and label slices in radiological display.
 
     Raises:
         ValueError: when ``slice_range`` is not inside the volume.
     """
-    depth = image.shape[2]
+    if image.shape != label.shape:
+        raise ValueError(f"the label of {path} has shape {label.shape} but the image has shape {image.shape}")
+    depth = image.shape[SLICE_AXIS]
     start, stop = (0, depth) if slice_range is None else check_slice_range(slice_range, depth, path)
-    for k in range(start, stop):
-        image_slice, label_slice = image[:, :, k], label[:, :, k]
-        if transform is not None:
-            image_slice = apply_orientation(image_slice, transform)
-            label_slice = apply_orientation(label_slice, transform)
-        yield k, np.ascontiguousarray(image_slice), np.ascontiguousarray(label_slice)
+    slicer = VolumeToSlices(SLICE_AXIS, (start, stop))
+    for image_slice, label_slice in zip(slicer(image[None]), slicer(label[None])):
+        k = int(image_slice.meta["slice_index"])
+        yield k, np.ascontiguousarray(image_slice.as_tensor()[0]), np.ascontiguousarray(label_slice.as_tensor()[0])
 
 
 # ----------------------------------------------------------------------------------------------- 2D images
@@ -274,7 +262,7 @@ def read_mask(path: str) -> np.ndarray:
 
 
 def write_png(path: str, array: np.ndarray) -> None:
-    """Write a 2D ``uint8`` array as a grey PNG, via a temporary file renamed into place.
+    """Write a 2D ``uint8`` array as a grey PNG with :func:`multiad_monai.utils.atomic_write`.
 
     A crash never leaves a truncated PNG under the final name; the temporary name starts with a dot and
     ends with ``.tmp``, so dataset indexers ignore it.
@@ -282,17 +270,7 @@ def write_png(path: str, array: np.ndarray) -> None:
     array = np.asarray(array)
     if array.ndim != 2 or array.dtype != np.uint8:
         raise ValueError(f"{path}: expected a 2D uint8 array, got {array.dtype} of shape {array.shape}")
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def require_dir(path: str, what: str) -> str:

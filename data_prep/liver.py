@@ -9,8 +9,10 @@ Inputs:
   ``good`` with an all-zero mask.
 
 Every CT is windowed (default [-200, 250] HU) to 0-255 and everything outside the liver (tumour included) is
-set to 0. Only axial slices (last array axis) with at least ``--min_liver_pixels`` liver pixels are kept.
-Files are named ``<volume>_slice<k>.png`` (e.g. ``img0001_slice045.png``, ``volume-12_slice210.png``).
+set to 0. Only axial slices with at least ``--min_liver_pixels`` liver pixels are kept. Slices follow the package's
+convention (:data:`multiad_monai.transforms.SLICE_AXCODES`): rows run anterior -> posterior and columns from the
+patient's right to left, whatever the voxel order of the file (RAS, LPS, ...), and ``k`` counts from the most
+inferior slice. Files are named ``<volume>_slice<k>.png`` (e.g. ``img0001_slice045.png``, ``volume-12_slice210.png``).
 
 Usage::
 
@@ -35,7 +37,6 @@ from data_prep.common import (
     add_split_arguments,
     check_volume_pair,
     find_nifti,
-    inplane_transform,
     iter_axial_slices,
     load_volume,
     nifti_stem,
@@ -125,15 +126,15 @@ def liver_slices(
         min_liver_pixels: minimum number of liver pixels of a kept slice.
 
     Yields:
-        The slice index, the windowed ``uint8`` slice with everything outside the liver set to 0, and the
-        label slice (same display orientation).
+        The slice index (inferior -> superior), the windowed ``uint8`` slice with everything outside the liver set
+        to 0, and the label slice, both in the display of :func:`data_prep.common.iter_axial_slices`.
     """
-    volume, affine = load_volume(image_path)
-    label, _ = load_volume(label_path, integer=True)
+    volume = load_volume(image_path)
+    label = load_volume(label_path, integer=True)
     warn_if_not_hu(volume, image_path)
     has_organ = False
     # slice by slice: a whole LiTS volume in floating point would take gigabytes
-    for k, ct, label_slice in iter_axial_slices(volume, label, inplane_transform(affine, image_path), path=image_path):
+    for k, ct, label_slice in iter_axial_slices(volume, label, path=image_path):
         organ = np.isin(label_slice, organ_labels)
         has_organ = has_organ or bool(organ.any())
         if int(organ.sum()) >= min_liver_pixels:

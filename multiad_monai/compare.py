@@ -53,6 +53,8 @@ LOSS_METRIC = "loss"
 SEED_PARAMS = frozenset({"seed"})
 # params that follow from others or from the dataset (identified by its tags), never a difference of their own
 DERIVED_PARAMS = frozenset({"max_epochs", "epoch_length", "layout", "n_train", "n_test", "category", "mode"})
+# identify the run's kind and data; shown as their own columns when they vary, never as params
+IDENTITY_KEYS = ("run_type", "bundle", "dataset")
 PATH_SUFFIXES = ("_dir", "_path", "_uri", "_root", "_file", "_weights")
 COMPARISON_RUN_TYPE = "comparison"
 
@@ -199,9 +201,8 @@ def _varying(runs: Sequence[RunRecord], key: str) -> bool:
 def differing_params(runs: Sequence[RunRecord]) -> list[str]:
     """Params whose values differ between runs, leaving out seeds, paths and dataset-derived params."""
     keys = sorted({k for r in runs for k in r.params})
-    return [
-        k for k in keys if k not in SEED_PARAMS | DERIVED_PARAMS and not is_path_param(k) and _varying(runs, k)
-    ]  # fmt: skip
+    ignored = SEED_PARAMS | DERIVED_PARAMS | set(IDENTITY_KEYS)
+    return [k for k in keys if k not in ignored and not is_path_param(k) and _varying(runs, k)]
 
 
 def _config_keys(runs: Sequence[RunRecord], keys: Sequence[str]) -> list[str]:
@@ -240,7 +241,7 @@ def group_runs(
     if group_by:
         columns = list(group_by)
     else:
-        identity = [k for k in ("run_type", "bundle") if _varying(runs, k)] + ["dataset"]
+        identity = [k for k in IDENTITY_KEYS if k == "dataset" or _varying(runs, k)]
         if any(_varying([r for r in runs if r.dataset == d], "dataset_fingerprint") for d in {r.dataset for r in runs}):
             identity.append("dataset_fingerprint")  # same name, different files
         tags = [k for k in ("config",) if any(k in r.tags for r in runs)]

@@ -1,8 +1,9 @@
 """Inference on 2D images and 3D volumes with a trained, calibrated :class:`MultiAD`.
 
 One path serves the inference bundle and the MONAI Label app: 2D files stream through a DataLoader in
-batches; a 3D volume is reoriented to RAS, cut into axial slices, scored in batches, and its slice maps
-are stacked and mapped back to the input's own orientation, shape and affine.
+batches; a 3D volume is reoriented to the recipe's slice orientation, cut into axial slices, scored in
+batches, and its slice maps are stacked and mapped back to the input's own orientation, shape and affine.
+Preprocessing comes from the network's recipe, through the same chains training and evaluation use.
 """
 
 from __future__ import annotations
@@ -10,30 +11,28 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.data import DataLoader, MetaTensor
-from monai.transforms import (
-    Compose,
-    EnsureChannelFirst,
-    EnsureChannelFirstd,
-    LoadImage,
-    LoadImaged,
-    Orientation,
-)
+from monai.transforms import Compose
 from PIL import Image
 
-from multiad_monai.data.datasets import NamedErrorDataset, intensity_transform
+from multiad_monai.data.datasets import NamedErrorDataset, apply_named
 from multiad_monai.data.layouts import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, file_stem
 from multiad_monai.networks.multiad import MultiAD
-from multiad_monai.transforms import EnsureRGB, EnsureRGBd, VolumeToSlices
+from multiad_monai.transforms.preprocessing import (
+    image_transform,
+    network_input,
+    resize_transform,
+    slice_transform,
+    slicing_transform,
+    volume_transform,
+)
+from multiad_monai.utils import staged_dir
 from multiad_monai.visualize import overlay
 
 __all__ = ["AnomalyInferer", "VolumePrediction", "list_inputs"]
@@ -67,29 +66,30 @@ def _is_volume(path: str) -> bool:
 
 @dataclass
 class VolumePrediction:
-    """Anomaly map of a volume in the input's geometry, with per-slice scores (slices along RAS axial)."""
+    """Anomaly map of a volume in the input's geometry, with per-slice scores (slices along the recipe's axis)."""
 
     anomaly_map: np.ndarray  # raw map, same shape as the input volume
     affine: np.ndarray
-    slice_scores: np.ndarray  # one per RAS axial slice
+    slice_scores: np.ndarray  # one per slice, in the recipe's slice orientation (as data_prep numbers them)
     worst_slice_overlay: np.ndarray  # (H, W, 3) uint8 of the most anomalous slice
 
 
 class AnomalyInferer:
     """Score images and volumes with a calibrated :class:`MultiAD` and write what a person can use.
 
-    Per 2D image: ``<stem>_map.npy`` (float map at the image's size), ``<stem>_overlay.png``. Per
-    volume: ``<stem>_map.nii.gz`` (same shape and affine as the input) and an overlay of its most
-    anomalous slice. One ``scores.csv`` row per input. Outputs are written to a temporary folder and
-    moved into ``output_dir`` only when every input succeeded.
+    Preprocessing is rebuilt from the network's recipe by :mod:`multiad_monai.transforms.preprocessing`, the
+    same chains training and evaluation use; maps go back to each input's geometry through their inverse.
+
+    Per 2D image: ``<stem>_map.npy`` (float map at the image's size), ``<stem>_overlay.png``. Per volume:
+    ``<stem>_map.nii.gz`` (same shape and affine as the input), ``<stem>_slices.csv`` (one score per slice,
+    numbered as data_prep numbers its PNG slices) and an overlay of its most anomalous slice. One
+    ``scores.csv`` row per input. Outputs are written to a temporary folder and moved into ``output_dir``
+    only when every input succeeded.
 
     Args:
-        network: the trained model; must be calibrated (see ``MultiAD.calibrate``).
+        network: the trained model; must be calibrated (see ``multiad_monai.checkpoint.load_model``).
         device: where to run.
         batch_size: images (or slices) per forward pass.
-        intensity, percentiles, hu_window: the training intensity mapping, see
-            :func:`multiad_monai.data.datasets.intensity_transform`.
-        resize_mode: ``"stretch"`` or ``"pad"`` (to a square first), as in training.
         num_workers: DataLoader workers for 2D inputs.
         top_k_slices: how many most anomalous slices of a volume the CSV lists.
     """
@@ -99,10 +99,6 @@ class AnomalyInferer:
         network: MultiAD,
         device: str | torch.device = "cpu",
         batch_size: int = 16,
-        intensity: str = "percentile",
-        percentiles: Sequence[float] = (0.0, 99.5),
-        hu_window: Sequence[float] = (-200.0, 250.0),
-        resize_mode: str = "stretch",
         num_workers: int = 0,
         top_k_slices: int = 3,
     ) -> None:
@@ -111,92 +107,86 @@ class AnomalyInferer:
         self.network = network.to(device).eval()
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.scale = intensity_transform(intensity, percentiles, hu_window)
-        self.pad = resize_mode == "pad"
         self.num_workers = num_workers
         self.top_k_slices = top_k_slices
-        self.size = tuple(int(s) for s in network.input_size.tolist())
+        recipe = network.recipe
+        if recipe.organ_labels:
+            logger.warning(
+                f"the model was trained on images masked to organ labels {list(recipe.organ_labels)}; inputs "
+                "without label maps are scored unmasked"
+            )
+        self.image_chain = image_transform(recipe, resize=False)
+        self.resize = resize_transform(recipe)
+        self.volume_chain = volume_transform(recipe, labels=False)
+        self.slicer = slicing_transform(recipe, labels=False)
+        self.slice_chain = slice_transform(recipe)
+        self.to_rgb = network_input()
 
     @torch.no_grad()
-    def _predict(self, images: Sequence[torch.Tensor]) -> Iterator[tuple[np.ndarray, float]]:
-        """Bring ``(3, h, w)`` images to the training size (padded to a square first when training was), run,
-        and bring each map back to ``(h, w)``."""
-        boxes, batch = [], []
-        for image in images:
-            h, w = image.shape[1:]
-            side = max(h, w) if self.pad else None
-            top, left = ((side - h) // 2, (side - w) // 2) if side else (0, 0)
-            if side:
-                image = F.pad(image, (left, side - w - left, top, side - h - top))
-            boxes.append((top, left, h, w, tuple(image.shape[1:])))
-            batch.append(F.interpolate(image[None].float(), size=self.size, mode="bilinear", antialias=True)[0])
-        result = self.network(torch.stack(batch).to(self.device))
-        for (top, left, h, w, padded), anomaly_map, score in zip(boxes, result.anomaly_map, result.pred_score):
-            restored = F.interpolate(anomaly_map[None], size=padded, mode="bilinear")[0, 0]
-            yield restored[top : top + h, left : left + w].cpu().numpy(), float(score)
+    def predict_samples(self, samples: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run preprocessed samples (outputs of the preprocessing chains) through the network.
+
+        Returns:
+            raw maps at the model's resolution ``(N, 1, S, S)`` and scores ``(N,)``, on the CPU.
+        """
+        images = torch.stack([self.to_rgb(s)["image"].as_tensor() for s in samples])
+        result = self.network(images.to(self.device))
+        return result.anomaly_map.float().cpu(), result.pred_score.float().cpu()
+
+    @staticmethod
+    def _restore(chain: Compose, image: MetaTensor, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """Map a model-resolution map back to the geometry ``image`` had before ``chain``."""
+        tracked = MetaTensor(anomaly_map, meta=dict(image.meta), applied_operations=list(image.applied_operations))
+        return chain.inverse({"image": tracked})["image"].as_tensor()
 
     def predict_images(self, paths: Sequence[str]) -> Iterator[tuple[str, np.ndarray, np.ndarray, float]]:
         """Yield ``(path, image (3, H, W) in [0, 1], raw map (H, W), score)`` per 2D file, in batches."""
-        transform = Compose(
-            [
-                LoadImaged("image", reader="PILReader", reverse_indexing=False, image_only=True, dtype=None),
-                EnsureChannelFirstd("image"),
-                self.scale,
-                EnsureRGBd("image"),
-            ]
-        )
-        dataset = NamedErrorDataset([{"image": p, "path": p} for p in paths], transform=transform)
-        # images of different sizes cannot be stacked: batches stay lists, `_predict` resizes
+        dataset = NamedErrorDataset([{"image": p, "path": p} for p in paths], transform=self.image_chain)
+        # samples keep their own metadata (for the inverse): batches stay lists
         loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=list)
-        for items in loader:
-            images = [item["image"].as_tensor() for item in items]
-            for item, image, (anomaly_map, score) in zip(items, images, self._predict(images)):
-                yield item["path"], image.numpy(), anomaly_map, score
+        for originals in loader:
+            samples = [self.resize(sample) for sample in originals]
+            maps, scores = self.predict_samples(samples)
+            for original, sample, anomaly_map, score in zip(originals, samples, maps, scores):
+                restored = self._restore(self.resize, sample["image"], anomaly_map)[0].numpy()
+                yield original["path"], self.to_rgb(original)["image"].numpy(), restored, float(score)
 
     def predict_volume(self, path: str) -> VolumePrediction:
         """Slice-wise prediction of one 3D volume, mapped back to the input's geometry."""
-        volume = EnsureChannelFirst()(LoadImage(image_only=True)(path))
-        orientation = Orientation(axcodes="RAS")
-        ras = orientation(volume)
-        scaled = self.scale({"image": ras})["image"]
-        slices = VolumeToSlices(axis=2)(scaled)  # also rejects anything but one-channel 3D volumes
-        to_rgb = EnsureRGB()
+        volume = apply_named(self.volume_chain, {"image": path})
+        slices = apply_named(self.slicer, volume)  # also rejects anything but one-channel 3D volumes
         maps, scores = [], []
         for start in range(0, len(slices), self.batch_size):
-            for anomaly_map, score in self._predict([to_rgb(s) for s in slices[start : start + self.batch_size]]):
-                maps.append(anomaly_map)
-                scores.append(score)
-        ras_map = MetaTensor(torch.from_numpy(np.stack(maps, -1))[None], meta=dict(ras.meta))
-        ras_map.applied_operations = list(ras.applied_operations)
+            batch = [apply_named(self.slice_chain, s) for s in slices[start : start + self.batch_size]]
+            batch_maps, batch_scores = self.predict_samples(batch)
+            maps += [self._restore(self.slice_chain, s["image"], m)[0] for s, m in zip(batch, batch_maps)]
+            scores += batch_scores.tolist()
+        axis = self.network.recipe.slice_axis
+        oriented = torch.stack(maps, axis)[None]
         worst = int(np.argmax(scores))
         worst_overlay = overlay(
-            scaled[0, :, :, worst].numpy(), self.network.normalize_map(ras_map[0, :, :, worst].as_tensor()).numpy()
+            slices[worst]["image"][0].numpy(),
+            self.network.normalize_map(maps[worst].to(self.network.score_mean)).cpu().numpy(),
         )
-        restored = orientation.inverse(ras_map)[0].numpy()  # back to the input's axis order and flips
+        restored = self._restore(self.volume_chain, volume["image"], oriented)[0].numpy()
         if path.lower().endswith((".nii", ".nii.gz")):
             affine = nib.load(path).affine  # exactly the input's header affine
         else:
-            affine = np.asarray(volume.meta["original_affine"])
+            affine = np.asarray(volume["image"].meta["original_affine"])
         return VolumePrediction(restored, affine, np.asarray(scores), worst_overlay)
 
     def __call__(self, input_path: str, output_dir: str) -> list[dict]:
         """Score every input under ``input_path`` and write maps, overlays and ``scores.csv`` to ``output_dir``."""
         paths = list_inputs(input_path)
-        parent = os.path.dirname(os.path.abspath(output_dir))
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(dir=parent, prefix=".predictions-")
-        try:
+        if not output_dir:
+            raise ValueError("output_dir is required (--output_dir DIR): maps, overlays and scores.csv go there")
+        with staged_dir(output_dir, merge=True) as staging:  # all files appear only once every input succeeded
             rows = self._write_images(paths, staging) + self._write_volumes(paths, staging)
             rows.sort(key=lambda row: paths.index(row["image"]))
             with open(os.path.join(staging, "scores.csv"), "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
                 writer.writeheader()
                 writer.writerows(rows)
-            os.makedirs(output_dir, exist_ok=True)
-            for name in os.listdir(staging):
-                os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         logger.info(f"scored {len(rows)} inputs; results in {output_dir}")
         return rows
 
@@ -229,6 +219,11 @@ class AnomalyInferer:
             nifti = nib.Nifti1Image(prediction.anomaly_map.astype(np.float32), prediction.affine)
             nib.save(nifti, os.path.join(out, f"{stem}_map.nii.gz"))
             Image.fromarray(prediction.worst_slice_overlay).save(os.path.join(out, f"{stem}_overlay.png"))
+            slice_rows = [self._row(str(i), float(score)) for i, score in enumerate(prediction.slice_scores)]
+            with open(os.path.join(out, f"{stem}_slices.csv"), "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=["slice", "score", "normalized_score", "is_anomalous"])
+                writer.writeheader()
+                writer.writerows({"slice": r.pop("image"), **r} for r in slice_rows if not r.pop("top_slices"))
             top = np.argsort(-prediction.slice_scores)[: self.top_k_slices]
             rows.append(self._row(path, float(prediction.slice_scores.max()), ";".join(str(int(i)) for i in top)))
         return rows

@@ -1,7 +1,7 @@
 """A trained Multi-AD model as an MLflow ``pyfunc`` model: image paths in, scores out, no bundle configs needed.
 
-The model folder holds the calibrated checkpoint and a ``multiad.json`` with what rebuilds the network and its
-preprocessing as artifacts; :func:`load_inferer` is the one place that turns them back into an inferer::
+The model folder holds the calibrated checkpoint, which carries its recipe (network and preprocessing), as its
+artifact; :func:`load_inferer` is the one place that turns it back into an inferer::
 
     model = mlflow.pyfunc.load_model("runs:/<run_id>/model")  # or "models:/<name>/<version>"
     scores = model.predict(pd.DataFrame({"image": ["a.png", "b.png"]}))  # columns: image, score,
@@ -14,7 +14,6 @@ most anomalous slice's.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -32,19 +31,15 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
 from multiad_monai import __version__
+from multiad_monai.checkpoint import load_model, read_recipe
 from multiad_monai.data.layouts import VOLUME_EXTENSIONS
-from multiad_monai.export import export_metadata, load_checkpoint
 from multiad_monai.inference import AnomalyInferer
-from multiad_monai.networks.multiad import MultiAD
 
-__all__ = ["MultiADPyfunc", "load_inferer", "log_pyfunc_model", "inference_config", "SIGNATURE", "ARTIFACT_PATH"]
+__all__ = ["MultiADPyfunc", "load_inferer", "log_pyfunc_model", "SIGNATURE", "ARTIFACT_PATH"]
 
 logger = logging.getLogger(__name__)
 
 ARTIFACT_PATH = "model"
-CONFIG_FILE = "multiad.json"
-NETWORK_KEYS = ("teacher", "layers", "fusion", "sigma", "score", "topk_ratio", "threshold_sigmas")
-PREPROCESSING_KEYS = ("intensity", "percentiles", "hu_window", "resize_mode")
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "image")]),
@@ -74,42 +69,15 @@ set_model(MultiADPyfunc())
 """
 
 
-def inference_config(network: MultiAD, preprocessing: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What :func:`load_inferer` needs besides the checkpoint: network hyper-parameters and preprocessing.
+def load_inferer(ckpt_path: str, device: str | torch.device = "cpu", batch_size: int = 16) -> AnomalyInferer:
+    """The one place the pyfunc model loads weights: network, calibration and preprocessing from the checkpoint.
 
     Args:
-        network: the trained, calibrated model (its head and teacher give the hyper-parameters).
-        preprocessing: the training ``intensity``, ``percentiles``, ``hu_window`` and ``resize_mode``.
-    """
-    meta = export_metadata(network, int(network.input_size[0]))
-    config = {key: meta[key] for key in NETWORK_KEYS}
-    unknown = sorted(set(preprocessing or {}) - set(PREPROCESSING_KEYS))
-    if unknown:
-        raise ValueError(f"unknown preprocessing keys {unknown}; expected a subset of {list(PREPROCESSING_KEYS)}")
-    config.update({k: list(v) if isinstance(v, (tuple, list)) else v for k, v in (preprocessing or {}).items()})
-    config["image_size"] = [int(s) for s in network.input_size.tolist()]
-    config["multiad_monai_version"] = __version__
-    return config
-
-
-def load_inferer(
-    ckpt_path: str, config: Mapping[str, Any], device: str | torch.device = "cpu", batch_size: int = 16
-) -> AnomalyInferer:
-    """Rebuild the calibrated network from ``ckpt_path`` and wrap it in an :class:`AnomalyInferer`.
-
-    The only place the pyfunc model loads weights: with the checkpoint carrying its own recipe this becomes
-    ``AnomalyInferer(multiad_monai.checkpoint.load_model(ckpt_path, device), device=..., batch_size=...)``.
-
-    Args:
-        ckpt_path: the calibrated state dict written at the end of training.
-        config: :func:`inference_config` of the trained network.
+        ckpt_path: the calibrated checkpoint written at the end of training (it carries its recipe).
         device: where to run.
         batch_size: images per forward pass.
     """
-    network = MultiAD(**{key: config[key] for key in NETWORK_KEYS if key in config})
-    load_checkpoint(ckpt_path, network)
-    preprocessing = {key: config[key] for key in PREPROCESSING_KEYS if key in config}
-    return AnomalyInferer(network, device=device, batch_size=batch_size, **preprocessing)
+    return AnomalyInferer(load_model(ckpt_path, device=device), device=device, batch_size=batch_size)
 
 
 def _paths(model_input: Any) -> list[str]:
@@ -138,11 +106,9 @@ class MultiADPyfunc(mlflow.pyfunc.PythonModel):
     """MLflow ``pyfunc`` wrapper of a calibrated :class:`MultiAD`, built by :func:`load_inferer` on load."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        """Build the inferer; ``load_model(uri, model_config={"device": "cuda"})`` picks the device."""
-        with open(context.artifacts["config"]) as f:
-            config = json.load(f)
+        """Build the inferer; ``mlflow.pyfunc.load_model(uri, model_config={"device": "cuda"})`` picks the device."""
         device = (context.model_config or {}).get("device", "cpu")
-        self.inferer = load_inferer(context.artifacts["checkpoint"], config, device=device)
+        self.inferer = load_inferer(context.artifacts["checkpoint"], device=device)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Score image files.
@@ -190,7 +156,6 @@ def log_pyfunc_model(
     tracking_uri: str,
     run_id: str,
     ckpt_path: str,
-    config: Mapping[str, Any],
     registered_model_name: str | None = None,
     metrics: Mapping[str, float] | None = None,
 ) -> mlflow.models.model.ModelInfo:
@@ -202,26 +167,25 @@ def log_pyfunc_model(
     Args:
         tracking_uri: the store of the run (the bundle's ``tracking_uri``).
         run_id: the training run; it is left FINISHED.
-        ckpt_path: the calibrated checkpoint, copied into the model.
-        config: :func:`inference_config` of the network.
+        ckpt_path: the calibrated checkpoint (recipe inside), copied into the model.
         registered_model_name: Model Registry name (``--register_model NAME``), or None.
         metrics: final metrics of the run, for the registered version.
     """
+    # the recipe goes to the MLmodel file (metadata), not to model_config, which MLflow would also log as run params
+    metadata = {"recipe": read_recipe(ckpt_path).to_dict(), "multiad_monai_version": __version__}
     with _fluent_tracking_uri(tracking_uri):
         with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
-            entry, config_file = os.path.join(tmp, "multiad_pyfunc.py"), os.path.join(tmp, CONFIG_FILE)
+            entry = os.path.join(tmp, "multiad_pyfunc.py")
             with open(entry, "w") as f:
                 f.write(_ENTRY_POINT)
-            with open(config_file, "w") as f:
-                json.dump(dict(config), f, indent=2)
             with warnings.catch_warnings():  # no input example: inputs are file paths on the caller's machine
                 warnings.filterwarnings("ignore", message=".*input[ _]example.*", category=UserWarning)
                 info = mlflow.pyfunc.log_model(
                     name=ARTIFACT_PATH,
                     python_model=entry,
-                    # model_config would also be logged as run params: the config travels as a file instead
-                    artifacts={"checkpoint": os.path.abspath(ckpt_path), "config": config_file},
+                    artifacts={"checkpoint": os.path.abspath(ckpt_path)},
                     signature=SIGNATURE,
+                    metadata=metadata,
                     pip_requirements=[f"multiad-monai=={__version__}", f"torch=={torch.__version__.split('+')[0]}"],
                     registered_model_name=registered_model_name,
                 )

@@ -61,7 +61,7 @@ def store(tmp_path_factory):
                 [bundle_file("mvtec", "train.json")], dataset_dir=dataset_dir, output_dir=out,
                 ckpt_path=os.path.join(out, "model.pt"), seed=seed, adversarial_weight=weight, tracking_uri=uri,
                 experiment_name=EXPERIMENT, run_name=f"{config}_{seed}", **TINY,
-                **{"run_tracker#tags": {"config": config}},
+                run_tags={"config": config},
                 register_model=REGISTERED if (config, seed) == ("multiad", 0) else None,
             )  # fmt: skip
     evaluation = str(root / "eval")

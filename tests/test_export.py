@@ -15,7 +15,8 @@ import pytest
 import torch
 from monai.networks.nets import SEResNet50
 
-from multiad_monai.export import METADATA_FILE, ExportableMultiAD, export_torchscript, load_checkpoint, main
+from multiad_monai.checkpoint import load_checkpoint, load_model
+from multiad_monai.export import METADATA_FILE, ExportableMultiAD, export_torchscript, main
 from multiad_monai.networks import MultiAD
 
 IMAGE_SIZE = 32
@@ -66,18 +67,18 @@ def _calibrated(network: MultiAD) -> MultiAD:
 def checkpoint(tmp_path_factory) -> str:
     torch.manual_seed(0)
     path = str(tmp_path_factory.mktemp("ckpt") / "model.pt")
-    torch.save(_calibrated(MultiAD()).state_dict(), path)
+    torch.save(_calibrated(MultiAD(image_size=IMAGE_SIZE)).state_dict(), path)
     return path
 
 
 @pytest.fixture(scope="module")
 def exported(checkpoint, tmp_path_factory) -> tuple[MultiAD, str]:
-    """The eager network from ``load_checkpoint`` and the TorchScript file the CLI wrote from the same checkpoint.
+    """The eager network from ``load_model`` and the TorchScript file the CLI wrote from the same checkpoint.
 
-    The CLI calls ``load_checkpoint`` and ``export_torchscript``: one trace serves both (tracing with
+    The CLI calls ``load_model`` and ``export_torchscript``: one trace serves both (tracing with
     ``check_trace`` takes ~10 s on 2 CPU cores). No TracerWarning may come from our own code.
     """
-    network = load_checkpoint(checkpoint, MultiAD()).eval()
+    network = load_model(checkpoint)
     path = str(tmp_path_factory.mktemp("export") / "deploy" / "model.ts")
     stdout = io.StringIO()
     with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(stdout):
@@ -128,7 +129,7 @@ def test_torchscript_matches_eager_without_multiad_monai(consumer_run, eager_run
 def test_metadata_is_readable_without_multiad_monai(exported, consumer_run):
     network, _ = exported
     metadata = consumer_run[2]
-    assert metadata["image_size"] == IMAGE_SIZE and metadata["teacher"] == "efficientnet-lite0"
+    assert metadata["recipe"] == network.recipe.to_dict() and metadata["recipe"]["image_size"] == [IMAGE_SIZE] * 2
     assert metadata["layers"] == ["s1", "s2", "s4"] and metadata["normalized_threshold"] == 0.5
     for key in ("image_threshold", "score_mean", "score_std", "pixel_mean", "pixel_std"):
         expected = network.image_threshold if key == "image_threshold" else getattr(network, key)
@@ -158,7 +159,7 @@ def test_exportable_module_is_a_snapshot_of_the_network(exported):
 
 def test_uncalibrated_network_cannot_be_exported(tmp_path):
     with pytest.raises(ValueError, match="not calibrated"):
-        export_torchscript(MultiAD(), str(tmp_path / "model.ts"), IMAGE_SIZE)
+        export_torchscript(MultiAD(image_size=IMAGE_SIZE), str(tmp_path / "model.ts"))
     assert not os.listdir(tmp_path)
 
 
@@ -166,13 +167,14 @@ def _seresnet50_checkpoint(folder) -> str:
     weights = str(folder / "seresnet50_random.pt")
     torch.save(SEResNet50(spatial_dims=2, in_channels=3, num_classes=1000).state_dict(), weights)
     path = str(folder / "seresnet50_model.pt")
-    torch.save(_calibrated(MultiAD(teacher="seresnet50", teacher_weights=weights)).state_dict(), path)
+    network = MultiAD(teacher="seresnet50", teacher_weights=weights, image_size=IMAGE_SIZE)
+    torch.save(_calibrated(network).state_dict(), path)
     return path
 
 
 def _uncalibrated_checkpoint(folder) -> str:
     path = str(folder / "uncalibrated.pt")
-    torch.save(MultiAD().state_dict(), path)
+    torch.save(MultiAD(image_size=IMAGE_SIZE).state_dict(), path)
     return path
 
 
@@ -200,18 +202,19 @@ def _not_a_state_dict(folder) -> str:
 )
 def test_bad_checkpoints_fail_before_touching_the_network(tmp_path, make_checkpoint, error, match):
     path = make_checkpoint(tmp_path)
-    network = MultiAD()
-    before = {k: v.clone() for k, v in network.state_dict().items()}
+    network = MultiAD(image_size=IMAGE_SIZE)
+    before = {k: v.clone() for k, v in network.state_dict().items() if k != "_extra_state"}
     with pytest.raises(error, match=match):
         load_checkpoint(path, network)
-    torch.testing.assert_close(network.state_dict(), before, atol=0, rtol=0, equal_nan=True)
+    after = {k: v for k, v in network.state_dict().items() if k != "_extra_state"}
+    torch.testing.assert_close(after, before, atol=0, rtol=0, equal_nan=True)
 
 
 def test_epoch_checkpoint_with_several_objects_is_accepted(checkpoint, tmp_path):
     state = torch.load(checkpoint, weights_only=True)
     path = str(tmp_path / "checkpoint_epoch=1.pt")
     torch.save({"network": state, "optimizer": {"state": {}, "param_groups": []}}, path)
-    network = load_checkpoint(path, MultiAD())
+    network = load_model(path)
     assert network.is_calibrated and torch.equal(network.score_mean, state["score_mean"])
 
 

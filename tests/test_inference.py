@@ -16,7 +16,7 @@ from multiad_monai.networks import MultiAD
 @pytest.fixture(scope="module")
 def inferer():
     torch.manual_seed(0)
-    network = MultiAD()
+    network = MultiAD(image_size=32)
     network.calibrate(torch.rand(8) + 1.0, torch.rand(8, 1, 32, 32))
     return AnomalyInferer(network, batch_size=3)
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from multiad_monai.utils import staged_dir
 
 __all__ = ["build_brain_demo"]
 
@@ -76,21 +76,14 @@ def build_brain_demo(out_dir: str, n_train: int = 8, n_test: int = 6, seed: int 
     logger.info(f"building the brain demo dataset in {out_dir}")
     template, brain, affine = _template()
     rng = np.random.default_rng(seed)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".demo-")
-    try:
+    with staged_dir(out_dir) as staging:  # appears whole or not at all
         for split, n, suffix in (("Tr", n_train, "train"), ("Ts", n_test, "test")):
-            os.makedirs(os.path.join(tmp, f"images{split}"))
-            os.makedirs(os.path.join(tmp, f"labels{split}"))
+            os.makedirs(os.path.join(staging, f"images{split}"))
+            os.makedirs(os.path.join(staging, f"labels{split}"))
             for i in range(n):
                 n_lesions = int(rng.integers(1, 4)) if (split == "Ts" and i > 0) or (split == "Tr" and i % 2) else 0
                 image, mask = _subject(template, brain, rng, n_lesions)
                 name = f"sub-{suffix}{i:02d}.nii.gz"
-                nib.save(nib.Nifti1Image(image, affine), os.path.join(tmp, f"images{split}", name))
-                nib.save(nib.Nifti1Image(mask, affine), os.path.join(tmp, f"labels{split}", name))
-        os.replace(tmp, out_dir)  # appears whole or not at all
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                nib.save(nib.Nifti1Image(image, affine), os.path.join(staging, f"images{split}", name))
+                nib.save(nib.Nifti1Image(mask, affine), os.path.join(staging, f"labels{split}", name))
     return out_dir

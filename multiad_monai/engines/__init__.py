@@ -1,4 +1,5 @@
+from multiad_monai.utils import MultiADIterationEvents, MultiADKeys, loss_logs
+
 from .distributed import parameter_checksum, unwrap_ddp, wrap_ddp
 from .evaluator import MultiADEvaluator
 from .trainer import MultiADTrainer
-from .utils import MultiADIterationEvents, MultiADKeys, loss_logs

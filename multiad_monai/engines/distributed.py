@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from multiad_monai.networks.multiad import MultiAD
+from multiad_monai.upstream import module_with_children
 
 __all__ = ["wrap_ddp", "unwrap_ddp", "parameter_checksum"]
 
@@ -32,9 +31,8 @@ def unwrap_ddp(network: nn.Module) -> nn.Module:
     It shares every parameter and buffer with ``network``, so saving it gives the single-process state-dict
     keys and loading into it restores the wrapped model (resume).
     """
-    view = copy.copy(network)
-    view._modules = {name: getattr(child, "module", child) for name, child in network._modules.items()}
-    return view
+    children = {name: getattr(child, "module", child) for name, child in network.named_children()}
+    return module_with_children(network, children)
 
 
 def parameter_checksum(module: nn.Module) -> float:

@@ -11,8 +11,8 @@ from monai.engines.utils import default_metric_cmp_fn
 from monai.utils import CommonKeys as Keys
 from monai.utils import convert_to_tensor
 
-from multiad_monai.engines.utils import MultiADKeys
 from multiad_monai.networks.multiad import MultiAD
+from multiad_monai.utils import MultiADKeys
 
 __all__ = ["MultiADEvaluator"]
 

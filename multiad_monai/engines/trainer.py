@@ -11,9 +11,9 @@ from monai.engines.utils import default_metric_cmp_fn, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 from torch.optim import Optimizer
 
-from multiad_monai.engines.utils import MultiADIterationEvents, MultiADKeys
 from multiad_monai.losses import AdversarialLoss, DistillationLoss
 from multiad_monai.networks.multiad import MultiAD
+from multiad_monai.utils import MultiADIterationEvents, MultiADKeys
 
 __all__ = ["MultiADTrainer"]
 

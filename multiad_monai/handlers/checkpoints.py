@@ -8,6 +8,8 @@ import re
 
 from monai.handlers import CheckpointSaver
 
+from multiad_monai.upstream import enable_atomic_save
+
 __all__ = ["AtomicCheckpointSaver", "last_checkpoint", "clear_checkpoints"]
 
 
@@ -37,6 +39,4 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
-            if checkpoint is not None:
-                checkpoint.save_handler._atomic = True
+        enable_atomic_save(self)

@@ -7,8 +7,7 @@ import heapq
 import itertools
 import logging
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -21,9 +20,10 @@ from monai.data import MetaTensor
 from monai.handlers import MLFlowHandler
 from sklearn.metrics import roc_curve
 
-from multiad_monai.engines.utils import MultiADKeys
 from multiad_monai.metrics.functional import image_auroc, pixel_aupro, pro_curve
 from multiad_monai.networks.multiad import MultiAD
+from multiad_monai.upstream import mlflow_run_and_client
+from multiad_monai.utils import MultiADKeys, atomic_write
 from multiad_monai.visualize import overlay
 
 __all__ = ["EvaluationReport"]
@@ -44,19 +44,6 @@ class _Candidate(NamedTuple):
     image: torch.Tensor  # (3, h, w) in [0, 1]
     anomaly_map: torch.Tensor  # (h, w) raw
     mask: np.ndarray | None  # (h, w) bool
-
-
-def _replace_atomically(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
 
 
 def _per_sample(value: Any, n: int) -> list | None:
@@ -186,10 +173,11 @@ class EvaluationReport:
         self.worst_false_negatives = [c.name for c in self._ranked(self._false_negatives)]
         written = [self._write_csv(scores, labels)]
         written += [p for p in (self._write_roc(scores, labels), self._write_pro(), self._write_worst_cases()) if p]
-        run = getattr(self.mlflow_handler, "cur_run", None)
-        if run is not None:
+        mlflow = mlflow_run_and_client(self.mlflow_handler)
+        if mlflow is not None:
+            run, client = mlflow
             for path in written:
-                self.mlflow_handler.client.log_artifact(run.info.run_id, path, artifact_path="evaluation")
+                client.log_artifact(run.info.run_id, path, artifact_path="evaluation")
         self.logger.info(f"evaluation report of {len(scores)} images written to {self.output_dir}")
 
     def _batch_metadata(self, batch: Any, n: int) -> tuple[list[str], list[Any]]:
@@ -250,13 +238,13 @@ class EvaluationReport:
                     row += [self.slice_indices[i] if self.slice_indices[i] is not None else ""] if with_slices else []
                     writer.writerow(row)
 
-        _replace_atomically(path, write)
+        atomic_write(path, write)
         return path
 
     def _save_figure(self, figure: Figure, name: str) -> str:
         path = os.path.join(self.output_dir, name)
         FigureCanvasAgg(figure)
-        _replace_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+        atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
         return path
 
     def _write_roc(self, scores: np.ndarray, labels: np.ndarray) -> str | None:

@@ -6,26 +6,24 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ignite.engine import Engine, Events
 
+from multiad_monai.utils import atomic_write
+
 __all__ = ["MetricsJSONWriter", "write_json_atomic"]
 
 
 def write_json_atomic(path: str, content: Any) -> None:
-    """Write JSON through a temporary file and an atomic rename: readers never see half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
+    """Write ``content`` as JSON with :func:`multiad_monai.utils.atomic_write`: readers never see half a file."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
             json.dump(content, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 class MetricsJSONWriter:

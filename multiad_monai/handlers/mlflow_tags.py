@@ -26,14 +26,13 @@ from monai.handlers import MLFlowHandler
 from monai.utils import CommonKeys as Keys
 
 import multiad_monai
-from multiad_monai.networks.multiad import MultiAD
 
 __all__ = ["RunTracker", "run_tags", "dataset_fingerprint", "git_commit", "DOMAINS", "RUN_METRICS"]
 
 logger = logging.getLogger(__name__)
 
 DOMAINS = {"brain": "medical", "liver": "medical", "oct": "medical", "mvtec": "industrial"}
-"""Default ``domain`` tag of each bundle; a run on other data sets its own (``--run_tracker#domain``)."""
+"""Default ``domain`` tag of each bundle; a run on other data sets its own (``--run_tags "{'domain': 'medical'}"``)."""
 
 RUN_METRICS = (
     "train_seconds",
@@ -191,16 +190,17 @@ class RunTracker:
       else ``evaluation``) and ``tags``;
     - evaluator ``COMPLETED``: metrics :data:`RUN_METRICS`; for a training run, the checkpoint as the run's
       ``model`` pyfunc (:func:`multiad_monai.mlflow_model.log_pyfunc_model`), registered as ``register_model``.
+      It runs after the ``mlflow_handler`` closed the run, which stays FINISHED.
 
     Args:
-        mlflow_handler: the evaluator's ``MLFlowHandler`` (``@validate#mlflow``); None disables the tracker
+        mlflow_handler: the evaluator's ``MLFlowHandler`` (``@validate_mlflow``); None disables the tracker
             (e.g. on the non-zero ranks of a multi-GPU run).
         bundle: bundle folder or name, see :func:`run_tags`.
         dataset_dir, category, device, domain: see :func:`run_tags`.
         tags: extra tags, e.g. ``{"config": "no_adversarial"}``.
-        network: the trained model (``@saved_network``), needed to log it.
-        ckpt_path: the calibrated checkpoint written at the end of training.
-        preprocessing: the training ``intensity``, ``percentiles``, ``hu_window``, ``resize_mode``.
+        run_state: the training's :class:`~multiad_monai.handlers.TrainingRunState`, whose clock counts every
+            resume, for ``train_seconds`` (default: this process's training time).
+        ckpt_path: the calibrated checkpoint written at the end of training (recipe inside), logged as the model.
         log_model: log the model of a training run.
         register_model: Model Registry name to register it under, or None.
     """
@@ -214,16 +214,15 @@ class RunTracker:
         device: str | torch.device = "cpu",
         domain: str | None = None,
         tags: Mapping[str, Any] | None = None,
-        network: MultiAD | None = None,
+        run_state: Any | None = None,
         ckpt_path: str | None = None,
-        preprocessing: Mapping[str, Any] | None = None,
         log_model: bool = True,
         register_model: str | None = None,
     ) -> None:
         if register_model and not log_model:
             raise ValueError(f"register_model={register_model!r} needs log_model=True (the model must be logged)")
-        if log_model and network is not None and not ckpt_path:
-            raise ValueError("log_model needs ckpt_path, the calibrated checkpoint written at the end of training")
+        if register_model and not ckpt_path:
+            raise ValueError("register_model needs ckpt_path, the calibrated checkpoint written at the end of training")
         self.mlflow_handler = mlflow_handler
         self.bundle = bundle
         self.dataset_dir = dataset_dir
@@ -231,9 +230,8 @@ class RunTracker:
         self.device = torch.device(device)
         self.domain = domain
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
-        self.network = network
+        self.run_state = run_state
         self.ckpt_path = ckpt_path
-        self.preprocessing = dict(preprocessing or {})
         self.log_model = log_model
         self.register_model = register_model or None
         self.trainer: Trainer | None = None
@@ -280,7 +278,10 @@ class RunTracker:
             "peak_memory_mb": _peak_memory_mb(),
         }
         if self.trainer is not None:
-            values["train_seconds"] = self.trainer.state.times.get("COMPLETED")
+            seconds = (
+                self.run_state.elapsed if self.run_state is not None else self.trainer.state.times.get("COMPLETED")
+            )
+            values["train_seconds"] = seconds
         if self.device.type == "cuda" and torch.cuda.is_available():
             values["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         return {k: float(v) for k, v in values.items() if v is not None}
@@ -294,24 +295,13 @@ class RunTracker:
         now = int(time.time() * 1000)
         metrics = [Metric(key, value, now, step) for key, value in self.metrics().items()]
         client.log_batch(self.run_id, metrics=metrics)
-        if self.trainer is None or not self.log_model or self.network is None:
+        if self.trainer is None or not self.log_model or not self.ckpt_path:
             return
-        from multiad_monai.mlflow_model import inference_config, log_pyfunc_model  # mlflow.pyfunc: only when used
+        from multiad_monai.mlflow_model import log_pyfunc_model  # imports mlflow.pyfunc: only when used
 
         final = {k: float(v) for k, v in engine.state.metrics.items() if float(v) == float(v)}  # not NaN
         info = log_pyfunc_model(
-            client.tracking_uri,
-            self.run_id,
-            self.ckpt_path,
-            inference_config(self.network, self.preprocessing),
-            registered_model_name=self.register_model,
-            metrics=final,
+            client.tracking_uri, self.run_id, self.ckpt_path, registered_model_name=self.register_model, metrics=final
         )
-        logger.info(
-            f"model logged as {info.model_uri} (runs:/{self.run_id}/model)"
-            + (
-                f", registered as {self.register_model!r} version {info.registered_model_version}"
-                if self.register_model
-                else ""
-            )
-        )
+        registered = f", registered as {self.register_model!r} version {info.registered_model_version}"
+        logger.info(f"model logged as runs:/{self.run_id}/model" + (registered if self.register_model else ""))

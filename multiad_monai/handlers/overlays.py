@@ -10,8 +10,9 @@ from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 from PIL import Image
 
-from multiad_monai.engines.utils import MultiADKeys
 from multiad_monai.networks.multiad import MultiAD
+from multiad_monai.upstream import mlflow_run_and_client
+from multiad_monai.utils import MultiADKeys
 from multiad_monai.visualize import overlay
 
 __all__ = ["OverlaySaver"]
@@ -66,6 +67,7 @@ class OverlaySaver:
             maps = self.network.normalize_map(maps.to(self.network.score_mean.device)).cpu()
         else:
             maps = (maps - maps.min()) / (maps.max() - maps.min()).clamp_min(1e-8)
+        mlflow = mlflow_run_and_client(self.mlflow_handler)
         for index, ((label, (image, _, mask)), anomaly_map) in enumerate(zip(kept, maps)):
             name = f"{index:02d}_{'anomalous' if label else 'normal'}.png"
             side_by_side = np.concatenate(
@@ -76,6 +78,6 @@ class OverlaySaver:
                 1,
             )
             Image.fromarray(side_by_side).save(os.path.join(self.overlay_dir, name))
-            run = getattr(self.mlflow_handler, "cur_run", None)
-            if run is not None:
-                self.mlflow_handler.client.log_image(run.info.run_id, side_by_side, artifact_file=f"overlays/{name}")
+            if mlflow is not None:
+                run, client = mlflow
+                client.log_image(run.info.run_id, side_by_side, artifact_file=f"overlays/{name}")

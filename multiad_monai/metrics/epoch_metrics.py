@@ -11,8 +11,9 @@ from ignite.exceptions import NotComputableError
 from ignite.metrics import EpochMetric
 from monai.utils import evenly_divisible_all_gather
 
-from multiad_monai.engines.utils import MultiADKeys
 from multiad_monai.metrics import functional
+from multiad_monai.upstream import epoch_metric_outputs
+from multiad_monai.utils import MultiADKeys
 
 __all__ = ["ImageAUROC", "ImageF1Max", "PixelAUROC", "PixelAUPRO"]
 
@@ -43,9 +44,10 @@ class _AnomalyEpochMetric(EpochMetric):
         super().__init__(compute, output_transform=output_transform, check_compute_fn=False)
 
     def compute(self) -> float:
-        if len(self._predictions) < 1:
+        predictions, targets = epoch_metric_outputs(self)
+        if len(predictions) < 1:
             raise NotComputableError("the metric needs at least one batch before it can be computed")
-        predictions, targets = torch.cat(self._predictions), torch.cat(self._targets)
+        predictions, targets = torch.cat(predictions), torch.cat(targets)
         if idist.get_world_size() > 1:
             predictions = evenly_divisible_all_gather(predictions.to(_sync_device()), concat=True).cpu()
             targets = evenly_divisible_all_gather(targets.to(_sync_device()), concat=True).cpu()

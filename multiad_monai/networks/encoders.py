@@ -18,6 +18,8 @@ import torch
 from monai.networks.nets import EfficientNet, SEResNet50
 from torch import nn
 
+from multiad_monai.upstream import efficientnet_parts, set_relu6
+
 __all__ = ["FeatureEncoder", "build_teacher", "build_student", "TEACHERS", "load_lite0_imagenet_state"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -102,17 +104,12 @@ def _efficientnet(se: bool) -> EfficientNet:
     norm = ("batch", {"eps": 1e-3, "momentum": 0.1})
     net = EfficientNet(blocks, spatial_dims=2, in_channels=3, num_classes=1000, drop_connect_rate=0.0, norm=norm)
     # EfficientNet-Lite replaces swish by ReLU6 everywhere.
-    net._swish = nn.ReLU6(inplace=True)
-    for stage in net._blocks:
-        for block in stage:
-            block._swish = nn.ReLU6(inplace=True)
-    return net
+    return set_relu6(net)
 
 
 def _efficientnet_encoder(net: EfficientNet, layers: Sequence[str]) -> FeatureEncoder:
-    stem = nn.Sequential(net._conv_stem_padding, net._conv_stem, net._bn0, net._swish)
-    stages = {f"s{i}": stage for i, stage in enumerate(net._blocks)}
-    return FeatureEncoder(stem, stages, layers)
+    stem, stages = efficientnet_parts(net)
+    return FeatureEncoder(stem, {f"s{i}": stage for i, stage in enumerate(stages)}, layers)
 
 
 def _seresnet_encoder(net: SEResNet50, layers: Sequence[str]) -> FeatureEncoder:
@@ -187,6 +184,7 @@ def build_teacher(
     layers: Sequence[str] | None = None,
     weights: str | None = None,
     allow_download: bool = False,
+    pretrained: bool = True,
 ) -> FeatureEncoder:
     """The frozen ImageNet teacher. Raises when its weights cannot be loaded (never returns a random teacher).
 
@@ -195,15 +193,20 @@ def build_teacher(
         layers: stages to return; defaults to the teacher's strides 4, 8 and 16.
         weights: optional local weights file.
         allow_download: for ``seresnet50`` only, let MONAI download the weights when none are given.
+        pretrained: False only when a checkpoint holding the teacher's weights is loaded right after
+            (``multiad_monai.checkpoint.load_model`` loads strictly, so the teacher is never left random).
     """
     spec = _spec(name)
     layers = list(layers or spec["default_layers"])
     if name == "efficientnet-lite0":
         net = _efficientnet(se=False)
-        net.load_state_dict(load_lite0_imagenet_state(weights), strict=True)
+        if pretrained:
+            net.load_state_dict(load_lite0_imagenet_state(weights), strict=True)
         encoder = _efficientnet_encoder(net, layers)
-    else:
+    elif pretrained:
         encoder = _seresnet_encoder(_seresnet50_imagenet(weights, allow_download), layers)
+    else:
+        encoder = _seresnet_encoder(SEResNet50(spatial_dims=2, in_channels=3, num_classes=1000), layers)
     encoder.requires_grad_(False)
     return encoder.eval()
 

@@ -3,7 +3,6 @@ adversarial discriminator on the deepest features. The module holds no training 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 from multiad_monai.networks.anomaly_map import AnomalyMapGenerator
 from multiad_monai.networks.discriminator import FeatureDiscriminator
 from multiad_monai.networks.encoders import build_student, build_teacher, feature_channels
+from multiad_monai.recipe import RECIPE_VERSION, Recipe
 
 __all__ = ["MultiAD", "AnomalyOutput", "DistillationFeatures", "normalize_to_threshold"]
 
@@ -38,43 +38,64 @@ class AnomalyOutput(NamedTuple):
 class MultiAD(nn.Module):
     """Frozen ImageNet teacher, SE student of the same topology, feature discriminator, anomaly-map head.
 
-    Normal-score statistics are buffers (filled by :meth:`calibrate`), so a saved state dict alone gives
-    normalised scores in ``[0, 1]`` where 0.5 is the default threshold.
+    The model carries its :class:`~multiad_monai.recipe.Recipe` (preprocessing, topology and head settings)
+    as extra state of its state dict, and its normal-score statistics as buffers (filled by :meth:`calibrate`),
+    so a saved state dict alone rebuilds the model, its preprocessing and normalised scores in ``[0, 1]``
+    where 0.5 is the default threshold (see ``multiad_monai.checkpoint.load_model``).
 
     Args:
-        teacher: teacher/student topology, see ``multiad_monai.networks.encoders.TEACHERS``.
-        layers: distilled stages (default: strides 4, 8, 16); the discriminator sees the last one.
+        recipe: the settings; built from ``recipe_fields`` when None (e.g. ``MultiAD(teacher="seresnet50")``).
         teacher_weights: local file with the teacher's ImageNet weights (default: the packaged ones).
         allow_download: let MONAI download missing teacher weights (``seresnet50`` only).
-        fusion, sigma, score, topk_ratio: see :class:`AnomalyMapGenerator`.
-        discriminator_channels: conv widths of the discriminator.
-        threshold_sigmas: default threshold = mean + this many standard deviations of normal scores.
+        pretrained_teacher: False only to load a checkpoint (which holds the teacher's weights) right after.
+        recipe_fields: :class:`~multiad_monai.recipe.Recipe` fields, when ``recipe`` is None.
     """
 
     def __init__(
         self,
-        teacher: str = "efficientnet-lite0",
-        layers: Sequence[str] | None = None,
+        recipe: Recipe | None = None,
         teacher_weights: str | None = None,
         allow_download: bool = False,
-        fusion: str = "sum",
-        sigma: float = 4.0,
-        score: str = "max",
-        topk_ratio: float = 0.01,
-        discriminator_channels: Sequence[int] = (128, 128),
-        threshold_sigmas: float = 3.0,
+        pretrained_teacher: bool = True,
+        **recipe_fields,
     ) -> None:
         super().__init__()
-        self.teacher_name = teacher
-        self.teacher = build_teacher(teacher, layers, teacher_weights, allow_download)
+        if recipe is not None and recipe_fields:
+            raise ValueError(f"give either a recipe or recipe fields, not both (got {sorted(recipe_fields)})")
+        self.recipe = recipe if recipe is not None else Recipe(**recipe_fields)
+        teacher, layers = self.recipe.teacher, self.recipe.layers
+        self.teacher = build_teacher(teacher, layers, teacher_weights, allow_download, pretrained=pretrained_teacher)
         self.student = build_student(teacher, layers)
-        self.discriminator = FeatureDiscriminator(feature_channels(teacher, layers)[-1], tuple(discriminator_channels))
-        self.anomaly_map = AnomalyMapGenerator(fusion, sigma, score, topk_ratio)
-        self.threshold_sigmas = threshold_sigmas
+        self.discriminator = FeatureDiscriminator(
+            feature_channels(teacher, layers)[-1], self.recipe.discriminator_channels
+        )
+        r = self.recipe
+        self.anomaly_map = AnomalyMapGenerator(r.fusion, r.sigma, r.score, r.topk_ratio)
         for name in ("score_mean", "score_std", "pixel_mean", "pixel_std"):
             self.register_buffer(name, torch.tensor(float("nan")))
-        # the (H, W) the model was calibrated at, so inference resizes inputs the way training did
-        self.register_buffer("input_size", torch.zeros(2, dtype=torch.long))
+
+    @property
+    def teacher_name(self) -> str:
+        return self.recipe.teacher
+
+    @property
+    def threshold_sigmas(self) -> float:
+        return self.recipe.threshold_sigmas
+
+    def get_extra_state(self) -> dict:
+        """The recipe, saved in the state dict as plain types (``weights_only`` loadable)."""
+        return {"recipe_version": RECIPE_VERSION, "recipe": self.recipe.to_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Loading weights trained with another recipe is an error: preprocessing and head would not match."""
+        stored = Recipe.from_dict(state["recipe"], "the checkpoint")
+        differences = self.recipe.differences(stored)
+        if differences:
+            details = "; ".join(f"{key}: network {a!r}, checkpoint {b!r}" for key, (a, b) in differences.items())
+            raise ValueError(
+                f"the checkpoint was trained with another recipe ({details}); rebuild the network from the "
+                "checkpoint with multiad_monai.checkpoint.load_model"
+            )
 
     def train(self, mode: bool = True) -> MultiAD:
         super().train(mode)
@@ -111,11 +132,14 @@ class MultiAD(nn.Module):
         """
         if scores.numel() < 2:
             raise ValueError(f"calibration needs at least 2 normal images, got {scores.numel()}")
+        if tuple(maps.shape[-2:]) != self.recipe.image_size:
+            raise ValueError(
+                f"calibration maps are {tuple(maps.shape[-2:])}, the recipe's image_size is {self.recipe.image_size}"
+            )
         self.score_mean.copy_(scores.float().mean())
         self.score_std.copy_(scores.float().std().clamp_min(1e-8))
         self.pixel_mean.copy_(maps.float().mean())
         self.pixel_std.copy_(maps.float().std().clamp_min(1e-8))
-        self.input_size.copy_(torch.tensor(maps.shape[-2:]))
 
     @property
     def image_threshold(self) -> torch.Tensor:

@@ -1,17 +1,47 @@
-"""Array transforms: 3D volume -> 2D slices, three-channel images for the ImageNet teacher."""
+"""Array transforms: 3D volume -> 2D slices, three-channel images for the ImageNet teacher.
+
+The slice convention lives here, once: a volume is reoriented to :data:`SLICE_AXCODES` with
+:class:`OrientForSlicing` and cut along :data:`SLICE_AXIS` with :class:`VolumeToSlices`. The offline converters
+(``data_prep``), the dataset transforms and the inference path all go through it, so a model trained on prepared
+PNG slices sees the same display when the NIfTI of the same patient is scored.
+"""
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
-from monai.config import NdarrayOrTensor
+from monai.config import DtypeLike, NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import SpatialPad, Transform
+from monai.transforms import EnsureChannelFirst, LoadImage, Orientation, SpatialPad, Transform
 from monai.utils import TransformBackends, convert_to_tensor
+from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
-__all__ = ["CheckHounsfield", "EnsureRGB", "PadToSquare", "ScaleIntensityByDtype", "VolumeToSlices", "source_name"]
+__all__ = [
+    "SLICE_AXCODES",
+    "SLICE_AXIS",
+    "CheckHounsfield",
+    "EnsureRGB",
+    "OrientForSlicing",
+    "PadToSquare",
+    "ScaleIntensityByDtype",
+    "VolumeToSlices",
+    "load_volume_for_slicing",
+    "oriented_shape",
+    "source_name",
+]
+
+SLICE_AXCODES = "PLS"
+"""Orientation of a volume before slicing: spatial axis 0 runs anterior -> posterior (slice rows, top = anterior),
+axis 1 runs the patient's right -> left (slice columns, left = patient right: radiological display), axis 2 runs
+inferior -> superior (slice index 0 = most inferior)."""
+
+SLICE_AXIS = 2
+"""Spatial axis (of a channel-first volume ``(C, H, W, D)``: tensor dimension ``SLICE_AXIS + 1``) cut into axial
+slices after :class:`OrientForSlicing`."""
 
 
 def source_name(img: NdarrayOrTensor) -> str:
@@ -41,19 +71,97 @@ class EnsureRGB(Transform):
         return img[:3]
 
 
+def oriented_shape(spatial_shape: Sequence[int], affine: np.ndarray) -> tuple[int, int, int]:
+    """Spatial shape a volume gets from :class:`OrientForSlicing`, from its header alone (no voxel is read).
+
+    Args:
+        spatial_shape: the stored shape ``(X, Y, Z)``.
+        affine: the stored voxel-to-world (RAS) affine ``(4, 4)``, e.g. ``nibabel.load(path).affine``.
+
+    Returns:
+        ``(H, W, D)``: rows and columns of an axial slice and the number of axial slices.
+    """
+    if len(spatial_shape) != 3:
+        raise ValueError(f"expected a 3D spatial shape, got {tuple(spatial_shape)}")
+    transform = ornt_transform(io_orientation(np.asarray(affine)), axcodes2ornt(SLICE_AXCODES))
+    shape = [0, 0, 0]
+    for size, (axis, _) in zip(spatial_shape, transform):
+        shape[int(axis)] = int(size)
+    return shape[0], shape[1], shape[2]
+
+
+class OrientForSlicing(Orientation):
+    """Reorient a channel-first volume ``(C, X, Y, Z)`` to :data:`SLICE_AXCODES`, ready for :class:`VolumeToSlices`.
+
+    A MONAI :class:`~monai.transforms.Orientation` with the axis codes fixed (flips and axis swaps only, no
+    resampling), invertible like it: ``OrientForSlicing().inverse(x)`` puts a map back in the file's voxel order.
+    Volumes stored RAS, LPS, with swapped axes or slice-first give the same oriented volume.
+
+    Raises:
+        ValueError: naming the file, for anything but a 3D channel-first ``MetaTensor`` (without its affine a
+            volume has no known orientation: load it with ``LoadImage`` or :func:`load_volume_for_slicing`).
+    """
+
+    def __init__(self, lazy: bool = False) -> None:
+        super().__init__(axcodes=SLICE_AXCODES, labels=None, lazy=lazy)  # None: honour an LPS "space"
+
+    def __call__(self, data_array: torch.Tensor, lazy: bool | None = None) -> torch.Tensor:
+        if not isinstance(data_array, MetaTensor):
+            raise ValueError(
+                f"expected a MetaTensor carrying its affine, got {type(data_array).__name__}: load volumes with "
+                "monai.transforms.LoadImage(d) or multiad_monai.transforms.load_volume_for_slicing"
+            )
+        spatial = tuple(data_array.peek_pending_shape())
+        if len(spatial) != 3:
+            raise ValueError(
+                f"expected a channel-first 3D volume (C, X, Y, Z), got shape {tuple(data_array.shape)} "
+                f"from {source_name(data_array)}"
+            )
+        return super().__call__(data_array, lazy=lazy)
+
+
+def load_volume_for_slicing(path: str, dtype: DtypeLike | None = None) -> MetaTensor:
+    """Load a one-channel 3D image (NIfTI, ...) and reorient it with :class:`OrientForSlicing`.
+
+    Cut the result with ``VolumeToSlices(axis=SLICE_AXIS)`` (or ``volume[0, :, :, k]``) to get axial slices
+    in display orientation.
+
+    Args:
+        path: the file.
+        dtype: data type of the result; ``None`` keeps the file's (integers stay integers).
+
+    Returns:
+        ``(1, H, W, D)`` ``MetaTensor`` in :data:`SLICE_AXCODES`, its meta naming ``path``.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: naming ``path`` when it cannot be read or is not a one-channel 3D volume.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"missing volume {path}")
+    try:
+        volume = EnsureChannelFirst()(LoadImage(image_only=True, dtype=dtype)(path))
+    except Exception as e:  # the readers raise many types for broken files
+        raise ValueError(f"cannot read {path}: {e}") from e
+    if volume.ndim != 4 or volume.shape[0] != 1:
+        raise ValueError(f"{path} is not a one-channel 3D volume (shape {tuple(volume.shape)} once channel-first)")
+    return OrientForSlicing()(volume)
+
+
 class VolumeToSlices(Transform):
     """Cut a channel-first volume ``(1, H, W, D)`` into 2D slices ``(1, H, W)`` along one spatial axis.
 
-    Each slice is a ``MetaTensor`` whose meta keeps the source file and gains ``slice_index``.
+    Each slice is a ``MetaTensor`` whose meta keeps the source file and gains ``slice_index``. For axial slices
+    in display orientation, give it a volume from :class:`OrientForSlicing` and the default ``axis``.
 
     Args:
-        axis: spatial axis to slice (2 = axial for RAS-oriented volumes).
+        axis: spatial axis to slice (default :data:`SLICE_AXIS`: axial after :class:`OrientForSlicing`).
         slice_range: optional ``(start, stop)`` of slice indices to keep (Python slice semantics).
     """
 
     backend = [TransformBackends.TORCH]
 
-    def __init__(self, axis: int = 2, slice_range: Sequence[int] | None = None) -> None:
+    def __init__(self, axis: int = SLICE_AXIS, slice_range: Sequence[int] | None = None) -> None:
         if axis not in (0, 1, 2):
             raise ValueError(f"axis must be 0, 1 or 2 (a spatial axis), got {axis}")
         self.axis = axis
@@ -100,17 +208,20 @@ class ScaleIntensityByDtype(Transform):
         return img.float() / maximum
 
 
-class PadToSquare(Transform):
+class PadToSquare(SpatialPad):
     """Zero-pad the shorter spatial side of ``(C, H, W)`` symmetrically so that ``H == W``.
 
-    Resizing a padded image keeps its aspect ratio (e.g. a wide OCT B-scan keeps the retina's shape).
+    Resizing a padded image keeps its aspect ratio (e.g. a wide OCT B-scan keeps the retina's shape). As a
+    ``SpatialPad`` it records itself on a ``MetaTensor`` and is invertible, so maps can be cropped back.
     """
 
-    backend = SpatialPad.backend
+    def __init__(self, **kwargs) -> None:
+        super().__init__(spatial_size=-1, method="symmetric", **kwargs)
 
-    def __call__(self, img: NdarrayOrTensor) -> torch.Tensor:
-        side = max(img.shape[1:])
-        return SpatialPad(spatial_size=(side, side), method="symmetric")(img)
+    def compute_pad_width(self, spatial_shape: Sequence[int]) -> tuple[tuple[int, int]]:
+        side = max(spatial_shape)
+        widths = [side - size for size in spatial_shape]
+        return tuple([(0, 0)] + [(w // 2, w - w // 2) for w in widths])  # type: ignore[return-value]
 
 
 class CheckHounsfield(Transform):

@@ -6,11 +6,14 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, SpatialPad
+from monai.transforms import MapTransform, Orientationd, Padd
 
 from multiad_monai.transforms.array import (
+    SLICE_AXCODES,
+    SLICE_AXIS,
     CheckHounsfield,
     EnsureRGB,
+    OrientForSlicing,
     PadToSquare,
     ScaleIntensityByDtype,
     VolumeToSlices,
@@ -21,6 +24,7 @@ __all__ = [
     "CheckHounsfieldd",
     "EnsureMaskd",
     "EnsureRGBd",
+    "OrientForSlicingd",
     "PadToSquared",
     "ScaleIntensityByDtyped",
     "SplitLabelsd",
@@ -78,6 +82,17 @@ class EnsureMaskd(MapTransform):
         return d
 
 
+class OrientForSlicingd(Orientationd):
+    """Dictionary version of :class:`OrientForSlicing`: image and mask volumes alike, each by its own affine.
+
+    Invertible: ``OrientForSlicingd(keys).inverse(d)`` restores the file's voxel order.
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, lazy: bool = False) -> None:
+        super().__init__(keys, axcodes=SLICE_AXCODES, labels=None, allow_missing_keys=allow_missing_keys, lazy=lazy)
+        self.ornt_transform = OrientForSlicing(lazy=lazy)  # same axcodes, plus its input checks
+
+
 class VolumeToSlicesd(MapTransform):
     """Slice image (and mask) volumes into a list of 2D sample dicts, one per slice.
 
@@ -96,7 +111,7 @@ class VolumeToSlicesd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        axis: int = 2,
+        axis: int = SLICE_AXIS,
         slice_range: Sequence[int] | None = None,
         min_foreground: float = 0.0,
         foreground_threshold: float = 0.05,
@@ -152,22 +167,11 @@ class ScaleIntensityByDtyped(MapTransform):
         return d
 
 
-class PadToSquared(MapTransform):
-    """Pad image and mask alike to a square whose side is the first key's longer side."""
-
-    backend = PadToSquare.backend
+class PadToSquared(Padd):
+    """Dictionary version of :class:`PadToSquare` (invertible). Image and mask must have the same size."""
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = True) -> None:
-        super().__init__(keys, allow_missing_keys)
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        keys = list(self.key_iterator(d))
-        side = max(d[keys[0]].shape[1:])
-        pad = SpatialPad(spatial_size=(side, side), method="symmetric")
-        for key in keys:
-            d[key] = pad(d[key])
-        return d
+        super().__init__(keys, padder=PadToSquare(), allow_missing_keys=allow_missing_keys)
 
 
 class CheckHounsfieldd(MapTransform):

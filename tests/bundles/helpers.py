@@ -1,4 +1,5 @@
-"""Running the users' own `python -m monai.bundle run ...` commands from the tests."""
+"""Running the bundles from the tests: in-process through ``monai.bundle.run`` (the function behind the users'
+``python -m monai.bundle run ...``), and as a real command line for the tests about the command line itself."""
 
 from __future__ import annotations
 
@@ -6,21 +7,40 @@ import os
 import subprocess
 import sys
 
+from monai.bundle import run as run_bundle_workflow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def bundle_file(bundle: str, name: str) -> str:
-    return os.path.join(ROOT, "bundles", bundle, name)
+    return name if os.path.isabs(name) else os.path.join(ROOT, "bundles", bundle, name)
+
+
+def _config(bundle: str, configs) -> str | list[str]:
+    files = [bundle_file(bundle, c) for c in configs]
+    return files[0] if len(files) == 1 else files
+
+
+def run_in_process(bundle: str, run_id: str | None, configs=("train.json",), **overrides) -> None:
+    """``python -m monai.bundle run <run_id> --config_file ... --key value ...``, without a new interpreter.
+
+    The bundles' macros name ``bundles/common/...`` relative to the repository root, as the users run them.
+    """
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        run_bundle_workflow(run_id=run_id, config_file=_config(bundle, configs), **overrides)
+    finally:
+        os.chdir(cwd)
 
 
 def bundle_command(bundle: str, run_id: str, out: str, *args: str, configs=("train.json",), launcher=()) -> list[str]:
-    """``python -m monai.bundle run <run_id> --config_file ... --output_dir out --ckpt_path out/model.pt``."""
-    files = [bundle_file(bundle, c) for c in configs]
-    config = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
+    """``python -m monai.bundle run <run_id> --config_file ... --output_dir out *args``."""
+    config = _config(bundle, configs)
+    config = config if isinstance(config, str) else "[" + ",".join(f"'{f}'" for f in config) + "]"
     return [
         *(launcher or [sys.executable]), "-m", "monai.bundle", "run", *([run_id] if run_id else []),
-        "--config_file", config, "--bundle_root", os.path.join(ROOT, "bundles", bundle),
-        "--output_dir", out, "--ckpt_path", os.path.join(out, "model.pt"), *args,
+        "--config_file", config, "--output_dir", out, *args,
     ]  # fmt: skip
 
 

@@ -1,4 +1,8 @@
-"""Integration: the brain bundle's own `python -m monai.bundle run ...` commands on tiny seeded datasets."""
+"""Integration: the brain bundle's workflows on tiny seeded datasets.
+
+Most run in-process through ``monai.bundle.run`` (what ``python -m monai.bundle run`` calls); the tests about
+the command line itself (a failing run's output, kill -9 and resume, torchrun) start real processes.
+"""
 
 from __future__ import annotations
 
@@ -14,23 +18,28 @@ import mlflow
 import pytest
 import torch
 
+from multiad_monai.checkpoint import load_model
 from multiad_monai.handlers import last_checkpoint
-from multiad_monai.networks import MultiAD
-from tests.bundles.helpers import ROOT, bundle_command, run
+from tests.bundles.helpers import ROOT, bundle_command, run, run_in_process
 
-TINY = ["--image_size", "32", "--batch_size", "4", "--num_overlays", "2"]
+TINY = {"image_size": 32, "batch_size": 4, "num_overlays": 2}
+TINY_ARGS = ["--image_size", "32", "--batch_size", "4", "--num_overlays", "2"]
 METRIC_KEYS = {"image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "train_seconds", "n_train", "n_test"}
 
 
-def run_bundle(run_id: str, out: str, *args: str, configs=("train.json",)) -> subprocess.CompletedProcess:
-    return run(bundle_command("brain", run_id, out, *TINY, *args, configs=configs))
+def error_chain(error: BaseException) -> str:
+    """Every message of an exception and its causes (the bundle parser wraps the real error)."""
+    messages = []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(messages)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, mvtec_dir):
     out = str(tmp_path_factory.mktemp("brain_run"))
-    result = run_bundle("training", out, "--dataset_dir", mvtec_dir, "--epochs", "2")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_in_process("brain", "training", dataset_dir=mvtec_dir, output_dir=out, epochs=2, **TINY)
     return out
 
 
@@ -39,10 +48,11 @@ def test_training_writes_metrics_checkpoint_and_overlays(trained):
     assert set(metrics) == METRIC_KEYS
     assert metrics["n_train"] + 2 == 12 and metrics["n_test"] == 8  # two normal images held out for calibration
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max"))
-    checkpoint = torch.load(os.path.join(trained, "model.pt"), weights_only=True)
-    network = MultiAD()
-    network.load_state_dict(checkpoint)  # a plain state dict, as in the model zoo
-    assert network.is_calibrated and network.input_size.tolist() == [32, 32]
+    path = os.path.join(trained, "model.pt")  # ckpt_path defaults to <output_dir>/model.pt
+    state = torch.load(path, weights_only=True)  # a plain state dict, as in the model zoo
+    assert state["_extra_state"]["recipe"]["image_size"] == [32, 32]
+    network = load_model(path)
+    assert network.is_calibrated and network.recipe.image_size == (32, 32) and network.recipe.intensity == "percentile"
     assert sorted(os.listdir(os.path.join(trained, "overlays"))) == ["00_anomalous.png", "01_normal.png"]
     assert os.listdir(os.path.join(trained, "checkpoints")) == ["checkpoint_epoch=2.pt"]
 
@@ -52,26 +62,21 @@ def test_training_logs_a_real_mlflow_run(trained):
     experiment = client.get_experiment_by_name("multiad_brain")
     (run_,) = client.search_runs([experiment.experiment_id])
     assert run_.info.status == "FINISHED"
-    assert run_.data.params["teacher"] == "efficientnet-lite0" and run_.data.params["epochs"] == "2"
+    params = run_.data.params
+    assert params["teacher"] == "efficientnet-lite0" and params["epochs"] == "2" and params["bundle"] == "brain"
+    assert params["image_size"] == "[32, 32]" and params["intensity"] == "percentile"
     assert {"distillation_loss", "discriminator_loss", "image_auroc", "pixel_aupro"} <= set(run_.data.metrics)
     assert len(client.get_metric_history(run_.info.run_id, "distillation_loss")) >= 2
-    artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
-    assert {"metrics.json", "train.json"} <= artifacts
+    assert "metrics.json" in {a.path for a in client.list_artifacts(run_.info.run_id)}
     assert len(client.list_artifacts(run_.info.run_id, "overlays")) == 2
 
 
-def test_evaluate_reproduces_the_training_metrics_and_writes_a_report(trained, mvtec_dir, tmp_path):
+def test_evaluate_rebuilds_the_recipe_from_the_checkpoint(trained, mvtec_dir, tmp_path):
+    """No image size or intensity given: evaluation takes them from the checkpoint and reproduces training."""
     out = str(tmp_path)
-    result = run_bundle(
-        "evaluating",
-        out,
-        "--dataset_dir",
-        mvtec_dir,
-        "--ckpt_path",
-        os.path.join(trained, "model.pt"),
-        configs=("train.json", "evaluate.json"),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = os.path.join(trained, "model.pt")
+    configs = ("train.json", "evaluate.json")
+    run_in_process("brain", None, configs, dataset_dir=mvtec_dir, ckpt_path=ckpt, output_dir=out)
     evaluated = json.load(open(os.path.join(out, "metrics.json")))
     trained_metrics = json.load(open(os.path.join(trained, "metrics.json")))
     for key in ("image_auroc", "pixel_auroc", "pixel_aupro"):
@@ -79,12 +84,40 @@ def test_evaluate_reproduces_the_training_metrics_and_writes_a_report(trained, m
     assert {"per_image.csv", "roc_curve.png", "pro_curve.png", "worst_cases.png"} <= set(os.listdir(out))
     client = mlflow.MlflowClient(tracking_uri="sqlite:///" + os.path.join(out, "mlruns.db"))
     (run_,) = client.search_runs([client.get_experiment_by_name("multiad_brain").experiment_id])
-    assert run_.data.params["mode"] == "evaluation"
+    assert run_.data.params["mode"] == "evaluation" and run_.data.params["image_size"] == "[32, 32]"
     assert len(client.list_artifacts(run_.info.run_id, "evaluation")) == 4
 
 
+@pytest.mark.parametrize(
+    "configs, overrides, message",
+    [
+        (("train.json", "evaluate.json"), {"image_size": 64}, "image_size: given [64, 64], checkpoint [32, 32]"),
+        (("train.json", "evaluate.json"), {"intensity": "hu"}, "intensity: given 'hu', checkpoint 'percentile'"),
+        (("inference.json",), {"fusion": "product"}, "fusion: given 'product', checkpoint 'sum'"),
+    ],
+)
+def test_options_that_contradict_the_checkpoint_are_errors(trained, mvtec_dir, tmp_path, configs, overrides, message):
+    ckpt = os.path.join(trained, "model.pt")
+    args = {"dataset_dir": mvtec_dir} if "evaluate.json" in configs else {"input_path": mvtec_dir + "/test/good"}
+    with pytest.raises(Exception) as error:
+        run_in_process("brain", None, configs, ckpt_path=ckpt, output_dir=str(tmp_path / "out"), **args, **overrides)
+    assert message in error_chain(error.value) and ckpt in error_chain(error.value)
+    assert not os.path.exists(tmp_path / "out" / "metrics.json") and not os.path.exists(tmp_path / "out" / "scores.csv")
+
+
+def test_inference_bundle_on_images_and_volumes(trained, mvtec_dir, volumes_dir, tmp_path):
+    out = str(tmp_path / "predictions")
+    ckpt = os.path.join(trained, "model.pt")
+    for source in (os.path.join(mvtec_dir, "test", "scratch"), os.path.join(volumes_dir, "imagesTs")):
+        run_in_process("brain", None, ("inference.json",), ckpt_path=ckpt, input_path=source, output_dir=out)
+    names = set(os.listdir(out))
+    assert {"000_map.npy", "000_overlay.png", "case0_map.nii.gz", "case0_overlay.png", "scores.csv"} <= names
+    assert "case0_slices.csv" in names
+
+
 def test_missing_dataset_dir_fails_before_training(tmp_path):
-    result = run_bundle("training", str(tmp_path), "--dataset_dir", str(tmp_path / "nope"), "--epochs", "1")
+    command = bundle_command("brain", "training", str(tmp_path), *TINY_ARGS, "--dataset_dir", str(tmp_path / "nope"))
+    result = run(command)
     assert result.returncode != 0
     assert "nope does not exist" in result.stderr
     assert not os.path.exists(os.path.join(tmp_path, "model.pt"))
@@ -93,7 +126,7 @@ def test_missing_dataset_dir_fails_before_training(tmp_path):
 def test_killed_run_resumes_from_last_epoch(volumes_dir, tmp_path):
     out = str(tmp_path)
     args = ["--dataset_dir", volumes_dir, "--epochs", "12", "--min_foreground", "0.0", "--calibration_fraction", "0.34"]
-    command = bundle_command("brain", "training", out, *TINY, *args)
+    command = bundle_command("brain", "training", out, *TINY_ARGS, *args)
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = os.path.join(out, "checkpoints", "checkpoint_epoch=2.pt")
     deadline = time.time() + 300
@@ -107,7 +140,7 @@ def test_killed_run_resumes_from_last_epoch(volumes_dir, tmp_path):
     done = saved["trainer"]["iteration"] // saved["trainer"]["epoch_length"]  # ignite stores the iteration
     assert 2 <= done < 12
 
-    result = run_bundle("training", out, *args, "--resume", "true")
+    result = run(command + ["--resume", "true"])
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert f"Restored all variables from {os.path.join(out, 'checkpoints', f'checkpoint_epoch={done}.pt')}" in log
@@ -120,10 +153,8 @@ def test_two_process_ddp_training_on_cpu(mvtec_dir, tmp_path):
     """torchrun, gloo, 2 ranks: both finish, replicas stay identical, rank 0 alone writes outputs."""
     out = str(tmp_path)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
-    command = bundle_command(
-        "brain",
-        "training",
-        out,
+    probe = os.path.join(ROOT, "tests", "bundles", "ddp_probe.json")  # prints each rank's parameter checksum
+    args = [
         "--dataset_dir",
         mvtec_dir,
         "--epochs",
@@ -134,10 +165,9 @@ def test_two_process_ddp_training_on_cpu(mvtec_dir, tmp_path):
         "2",
         "--num_overlays",
         "2",
-        configs=("train.json", "multi_gpu_train.json"),
-        launcher=launcher,
-    )
-    result = run(command)
+    ]
+    configs = ("train.json", "multi_gpu_train.json", probe)
+    result = run(bundle_command("brain", "training", out, *args, configs=configs, launcher=launcher))
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     checksums = dict(re.findall(r"rank (\d) student checksum (\S+)", log))
@@ -146,17 +176,5 @@ def test_two_process_ddp_training_on_cpu(mvtec_dir, tmp_path):
     assert set(json.load(open(os.path.join(out, "metrics.json")))) == METRIC_KEYS
     client = mlflow.MlflowClient(tracking_uri="sqlite:///" + os.path.join(out, "mlruns.db"))
     assert len(client.search_runs([client.get_experiment_by_name("multiad_brain").experiment_id])) == 1
-    network = MultiAD()
-    network.load_state_dict(torch.load(os.path.join(out, "model.pt"), weights_only=True))  # no "module." prefixes
+    network = load_model(os.path.join(out, "model.pt"))  # no "module." prefixes
     assert network.is_calibrated
-
-
-def test_inference_bundle_on_images_and_volumes(trained, mvtec_dir, volumes_dir, tmp_path):
-    out = str(tmp_path / "predictions")
-    for source in (os.path.join(mvtec_dir, "test", "scratch"), os.path.join(volumes_dir, "imagesTs")):
-        command = bundle_command("brain", "", out, "--input_path", source, configs=("inference.json",))
-        command[command.index("--ckpt_path") + 1] = os.path.join(trained, "model.pt")
-        result = run(command)
-        assert result.returncode == 0, result.stderr[-3000:]
-    names = set(os.listdir(out))
-    assert {"000_map.npy", "000_overlay.png", "case0_map.nii.gz", "case0_overlay.png", "scores.csv"} <= names

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from tests.bundles.test_brain_bundle import run_bundle  # noqa: F401  (same command as the users)
+from tests.bundles.helpers import run_in_process
 from tests.conftest import SHARED_DATA
 
 LGG = os.path.join(SHARED_DATA, "lgg_dev")
@@ -20,10 +20,7 @@ LGG = os.path.join(SHARED_DATA, "lgg_dev")
 
 @pytest.mark.skipif(not os.path.isdir(LGG), reason="../shared/data/lgg_dev is not present")
 def test_brain_bundle_on_lgg_dev(tmp_path):
-    result = run_bundle(
-        "training", str(tmp_path), "--dataset_dir", LGG, "--epochs", "3", "--image_size", "128", "--batch_size", "16"
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_in_process("brain", "training", dataset_dir=LGG, output_dir=str(tmp_path), epochs=3, image_size=128)
     metrics = json.load(open(os.path.join(tmp_path, "metrics.json")))
     assert metrics["n_test"] == 591 and metrics["n_train"] == 518 - 52
     # measured with these settings: image AUROC 0.694, pixel AUROC 0.936 (64 px stayed below 0.5 image AUROC)

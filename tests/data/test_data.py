@@ -16,6 +16,7 @@ from multiad_monai.data import (
     load_datasets,
     require_dataset_dir,
 )
+from multiad_monai.recipe import Recipe
 from tests.conftest import write_ct_volumes, write_mvtec, write_volumes
 
 
@@ -46,7 +47,7 @@ def test_index_bmad(bmad_dir):
 @pytest.mark.parametrize("layout", ["mvtec", "bmad", "volumes"])
 def test_load_datasets_shapes(layout, mvtec_dir, bmad_dir, volumes_dir):
     root = {"mvtec": mvtec_dir, "bmad": bmad_dir, "volumes": volumes_dir}[layout]
-    data = load_datasets(root, image_size=32, calibration_fraction=0.34)
+    data = load_datasets(root, Recipe(image_size=32), calibration_fraction=0.34)
     sample = data.test[0]
     assert sample["image"].shape == (3, 32, 32) and sample["mask"].shape == (1, 32, 32)
     assert 0.0 <= float(sample["image"].min()) and float(sample["image"].max()) <= 1.0
@@ -56,7 +57,7 @@ def test_load_datasets_shapes(layout, mvtec_dir, bmad_dir, volumes_dir):
 
 
 def test_volume_training_slices_exclude_lesions(volumes_dir):
-    data = load_datasets(volumes_dir, image_size=16, calibration_fraction=0.34, min_foreground=0.0)
+    data = load_datasets(volumes_dir, Recipe(image_size=16), calibration_fraction=0.34, min_foreground=0.0)
     # 3 train volumes x 12 slices, one volume with lesions on 3 slices, held out or not
     assert len(data.train) + len(data.calibration) == 3 * 12 - 3
     assert sum(s["label"] for s in data.test.data) == 2 * 3
@@ -81,7 +82,7 @@ def test_unreadable_image_is_named(tmp_path):
     with open(f"{root}/train/good/003.png", "wb") as f:
         f.write(b"not a png")
     with pytest.raises(ValueError, match="cannot load .*003.png"):
-        load_datasets(root, image_size=16)
+        load_datasets(root, Recipe(image_size=16))
 
 
 def test_mask_of_another_size_is_named(tmp_path):
@@ -90,7 +91,7 @@ def test_mask_of_another_size_is_named(tmp_path):
 
     Image.new("L", (20, 20)).save(f"{root}/ground_truth/scratch/002_mask.png")
     with pytest.raises(ValueError, match="002_mask.png has size"):
-        load_datasets(root, image_size=16)
+        load_datasets(root, Recipe(image_size=16))
 
 
 def test_volume_that_is_not_3d_is_named(tmp_path):
@@ -98,7 +99,7 @@ def test_volume_that_is_not_3d_is_named(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 3), np.float32), np.eye(4)), f"{root}/imagesTr/case1.nii.gz")
     shutil.copy(f"{root}/labelsTr/case0.nii.gz", f"{root}/labelsTr/case1.nii.gz")
     with pytest.raises(ValueError, match="case1.nii.gz"):
-        load_datasets(root, image_size=16, calibration_fraction=0.34)
+        load_datasets(root, Recipe(image_size=16), calibration_fraction=0.34)
 
 
 def test_brain_demo_is_built_once(tmp_path):
@@ -111,7 +112,7 @@ def test_brain_demo_is_built_once(tmp_path):
     stamp = os.path.getmtime(splits["test"][0]["image"])
     build_brain_demo(root, n_train=2, n_test=2)
     assert os.path.getmtime(splits["test"][0]["image"]) == stamp
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".demo-")]
+    assert os.listdir(tmp_path) == ["demo"]  # no staging folder left
 
 
 def test_categories(tmp_path):
@@ -123,20 +124,20 @@ def test_categories(tmp_path):
     assert categories(root, ["wood"]) == ["wood"] and categories(root, None) == [""]
     with pytest.raises(FileNotFoundError, match="tile"):
         categories(root, "tile")
-    data = load_datasets(root, image_size=16, category="wood")
+    data = load_datasets(root, Recipe(image_size=16), category="wood")
     assert len(data.test) == 8
 
 
 def test_image_level_set_has_no_masks(tmp_path):
     root = write_mvtec(str(tmp_path / "xray"), masks=False)
-    data = load_datasets(root, image_size=16)
+    data = load_datasets(root, Recipe(image_size=16))
     assert not data.has_masks and all(s["mask"].sum() == 0 for s in data.test.data)
 
 
 def test_non_square_images_pad_or_stretch(tmp_path):
     root = write_mvtec(str(tmp_path / "oct"), width=96)
-    stretched = load_datasets(root, image_size=32, resize_mode="stretch")
-    padded = load_datasets(root, image_size=32, resize_mode="pad")
+    stretched = load_datasets(root, Recipe(image_size=32, resize_mode="stretch"))
+    padded = load_datasets(root, Recipe(image_size=32, resize_mode="pad"))
     assert stretched.test[0]["image"].shape == padded.test[0]["image"].shape == (3, 32, 32)
     # 48x96 padded to 96x96: the top and bottom quarters are padding
     assert float(padded.test[0]["image"][:, :6].abs().max()) == 0.0
@@ -150,7 +151,7 @@ def test_rgb_images_by_dtype_keep_their_colours(tmp_path, intensity):
     root = write_mvtec(str(tmp_path / "rgb"))
     path = f"{root}/train/good/000.png"
     Image.fromarray(np.full((48, 48, 3), (51, 102, 204), dtype=np.uint8)).save(path)
-    data = load_datasets(root, image_size=16, intensity=intensity, calibration_fraction=0.2)
+    data = load_datasets(root, Recipe(image_size=16, intensity=intensity), calibration_fraction=0.2)
     sample = next(s for s in data.train.data + data.calibration.data if s["image"].meta["filename_or_obj"] == path)
     if intensity == "dtype":
         assert torch.allclose(sample["image"][:, 8, 8], torch.tensor([0.2, 0.4, 0.8]), atol=1e-3)
@@ -158,13 +159,17 @@ def test_rgb_images_by_dtype_keep_their_colours(tmp_path, intensity):
 
 def test_ct_volumes_with_organ_labels(tmp_path):
     root = write_ct_volumes(str(tmp_path / "liver"))
-    data = load_datasets(root, image_size=16, intensity="hu", organ_labels=[1], lesion_labels=[2], min_foreground=0.05)
+    data = load_datasets(
+        root, Recipe(image_size=16, intensity="hu", organ_labels=[1], lesion_labels=[2]), min_foreground=0.05
+    )
     # only the 6 liver slices of each volume are kept; outside the liver the image is zero
     assert len(data.test) == 2 * 6 and sum(s["label"] for s in data.test.data) == 2 * 2
     sample = data.test[0]["image"]
     assert float(sample[:, 0, 0].abs().max()) == 0.0 and float(sample.max()) > 0.3
     with pytest.warns(UserWarning, match="does not look like CT"):
-        load_datasets(write_volumes(str(tmp_path / "mri")), image_size=16, intensity="hu", calibration_fraction=0.34)
+        load_datasets(
+            write_volumes(str(tmp_path / "mri")), Recipe(image_size=16, intensity="hu"), calibration_fraction=0.34
+        )
 
 
 def test_bundles_without_demo_fail_fast():
@@ -179,9 +184,9 @@ def test_inverted_masks_are_flagged_and_can_be_inverted(tmp_path, caplog):
     for path in sorted((tmp_path / "paper" / "ground_truth" / "scratch").iterdir()):
         Image.fromarray(255 - np.array(Image.open(path))).save(path)  # PIPED style: defects black
     with caplog.at_level("WARNING"):
-        data = load_datasets(root, image_size=48)
+        data = load_datasets(root, Recipe(image_size=48))
     assert "look inverted" in caplog.text
-    fixed = load_datasets(root, image_size=48, invert_masks=True)
+    fixed = load_datasets(root, Recipe(image_size=48), invert_masks=True)
     bad = [s for s in fixed.test.data if s["label"]]
     assert all(float(s["mask"].sum()) == 100 for s in bad)  # the 10x10 defect
     assert all(float(s["mask"].sum()) == 48 * 48 - 100 for s in data.test.data if s["label"])
@@ -190,5 +195,5 @@ def test_inverted_masks_are_flagged_and_can_be_inverted(tmp_path, caplog):
 def test_test_split_without_anomalies_is_reported(tmp_path, caplog):
     root = write_mvtec(str(tmp_path / "only_good"), n_bad=0, masks=False)
     with caplog.at_level("WARNING"):
-        load_datasets(root, image_size=16)
+        load_datasets(root, Recipe(image_size=16))
     assert "holds only normal images" in caplog.text

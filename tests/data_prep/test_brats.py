@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from data_prep.brats import convert_brats, find_patients, main
-from data_prep.common import split_ids
+from data_prep.common import percentile_to_uint8, split_ids
+from multiad_monai.transforms import SLICE_AXIS, VolumeToSlices, load_volume_for_slicing
 from tests.data_prep.conftest import (
     BRATS_OPTIONS,
     BRATS_SHAPE,
@@ -20,6 +21,7 @@ from tests.data_prep.conftest import (
     read_png,
     save_nifti,
 )
+from tests.nifti import STORAGES, store_as
 
 NAME = re.compile(r"^(BraTS2021_\d{5})_slice(\d{3})\.png$")
 
@@ -183,3 +185,36 @@ def test_cli(brats_raw, tmp_path, capsys):
     assert "train/good: " in capsys.readouterr().out and list_pngs(f"{out}/test/Ungood/img")
     assert main(args) == 2  # the output folder now exists
     assert "is not empty" in capsys.readouterr().err
+
+
+def _all_pngs(out: str) -> dict[str, np.ndarray]:
+    return {
+        os.path.relpath(os.path.join(folder, f), out): read_png(os.path.join(folder, f))
+        for folder, _, files in os.walk(out)
+        for f in files
+    }
+
+
+@pytest.mark.parametrize("name, order, flip", [s for s in STORAGES if s[0] in ("RAS", "ARI", "ILP")])
+def test_storage_does_not_change_the_output(brats_raw, brats_out, tmp_path, name, order, flip):
+    """The same patients stored RAS, superior-first or slice-axis-first give the very same PNGs and masks."""
+    raw = str(tmp_path / "raw")
+    for patient in find_patients(brats_raw):
+        for file in os.listdir(f"{brats_raw}/{patient}"):
+            lps = nib.load(f"{brats_raw}/{patient}/{file}")
+            ras, affine = store_as(np.asanyarray(lps.dataobj), lps.affine, (0, 1, 2), (True, True, False))
+            save_nifti(f"{raw}/{patient}/{file}", *store_as(ras, affine, order, flip))
+    convert_brats(raw, str(tmp_path / "out"), **BRATS_OPTIONS)
+    restored, reference = _all_pngs(str(tmp_path / "out")), _all_pngs(brats_out)
+    assert sorted(restored) == sorted(reference)
+    assert all(np.array_equal(restored[f], reference[f]) for f in reference)
+
+
+def test_png_is_the_package_slice_after_the_same_scaling(brats_raw, brats_out):
+    """A prepared slice equals the package's slice of the NIfTI, after the converter's percentile scaling."""
+    for name in list_pngs(f"{brats_out}/train/good"):
+        patient, k = NAME.match(name).groups()
+        volume = load_volume_for_slicing(f"{brats_raw}/{patient}/{patient}_flair.nii.gz")[0].numpy()
+        scaled = percentile_to_uint8(volume, where=volume > 0)[None]
+        package_slice = VolumeToSlices(SLICE_AXIS, (int(k), int(k) + 1))(scaled)[0][0].numpy()
+        assert np.array_equal(read_png(f"{brats_out}/train/good/{name}"), package_slice)

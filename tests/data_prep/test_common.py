@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import logging
 import os
 
 import numpy as np
 import pytest
-from nibabel.orientations import apply_orientation
+import torch
 from PIL import Image
 
 from data_prep.common import (
@@ -13,7 +12,9 @@ from data_prep.common import (
     UNGOOD,
     BmadWriter,
     binary_mask,
-    inplane_transform,
+    check_volume_pair,
+    iter_axial_slices,
+    load_volume,
     percentile_to_uint8,
     prepare_output_dir,
     read_mask,
@@ -21,7 +22,9 @@ from data_prep.common import (
     split_ids,
     write_png,
 )
-from tests.data_prep.conftest import brats_affine, ct_affine
+from multiad_monai.transforms import SLICE_AXIS, VolumeToSlices, load_volume_for_slicing
+from tests.data_prep.conftest import brats_affine, ct_affine, save_nifti
+from tests.nifti import STORAGES, store_as
 
 
 @pytest.mark.parametrize(
@@ -109,30 +112,80 @@ def test_split_ids_errors(n, fractions, match):
         split_ids([str(i) for i in range(n)], fractions)
 
 
-@pytest.mark.parametrize(
-    "affine, marker",
-    [
-        (np.eye(4), (-1, -1)),  # RAS: the most right/anterior voxel is the last one
-        (brats_affine(), (0, 0)),  # LPS (BraTS): the first one
-        (ct_affine(flip=False), (-1, -1)),
-        (ct_affine(flip=True), (0, 0)),
-        (np.diag([-1.0, 1.0, 1.0, 1.0]), (0, -1)),  # LAS
-        (np.array([[0, 1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1]]), (-1, -1)),  # in-plane axes swapped
-    ],
-)
-def test_inplane_transform_gives_radiological_display(affine, marker):
-    """The voxel at the patient's right-anterior corner lands top-left, whatever the storage order."""
-    image = np.zeros((6, 8), dtype=np.uint8)
-    image[marker] = 255
-    shown = apply_orientation(image, inplane_transform(affine))
-    assert shown[0, 0] == 255 and shown.sum() == 255
+def _prepare(path: str, out: str) -> dict[int, np.ndarray]:
+    """Cut a uint8 NIfTI as the converters do (no intensity change), write PNGs and read them back by index."""
+    volume = load_volume(path)
+    for k, image, label in iter_axial_slices(volume, load_volume(path, integer=True), path=path):
+        assert np.array_equal(label, image)
+        write_png(os.path.join(out, f"slice{k:03d}.png"), image)
+    return {int(f[5:8]): np.asarray(Image.open(os.path.join(out, f))) for f in sorted(os.listdir(out))}
 
 
-def test_inplane_transform_warns_on_non_axial_last_axis(caplog):
-    sagittal = np.array([[0, 0, 1.0, 0], [0, 1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 0, 1]])
-    with caplog.at_level(logging.WARNING):
-        assert inplane_transform(sagittal, "sag.nii.gz") is None
-    assert "sag.nii.gz" in caplog.text and "not superior-inferior" in caplog.text
+@pytest.mark.parametrize("name, order, flip", STORAGES)
+def test_storage_does_not_change_prepared_slices(name, order, flip, tmp_path):
+    """(a) The same anatomy stored RAS or otherwise gives the same PNGs and the same package slices."""
+    ras = np.random.default_rng(1).integers(0, 256, (5, 6, 7)).astype(np.uint8)
+    affine = ct_affine(flip=False)
+    save_nifti(str(tmp_path / "ras.nii.gz"), ras, affine)
+    save_nifti(str(tmp_path / f"{name}.nii.gz"), *store_as(ras, affine, order, flip))
+    reference = _prepare(str(tmp_path / "ras.nii.gz"), str(tmp_path / "png_ras"))
+    prepared = _prepare(str(tmp_path / f"{name}.nii.gz"), str(tmp_path / f"png_{name}"))
+    assert sorted(prepared) == list(range(7)) and all(prepared[k].shape == (6, 5) for k in prepared)
+    assert all(np.array_equal(prepared[k], reference[k]) for k in reference)
+    in_memory = VolumeToSlices(SLICE_AXIS)(load_volume_for_slicing(str(tmp_path / f"{name}.nii.gz")))
+    in_memory_ras = VolumeToSlices(SLICE_AXIS)(load_volume_for_slicing(str(tmp_path / "ras.nii.gz")))
+    assert all(torch.equal(x.as_tensor(), y.as_tensor()) for x, y in zip(in_memory, in_memory_ras))
+
+
+@pytest.mark.parametrize("name, order, flip", STORAGES)
+def test_prepared_slice_is_the_package_slice(name, order, flip, tmp_path):
+    """(b) A PNG written from a uint8 volume (identity intensity) equals the package's slice of that NIfTI."""
+    ras = np.random.default_rng(2).integers(0, 256, (5, 6, 7)).astype(np.uint8)
+    path = str(tmp_path / f"{name}.nii.gz")
+    save_nifti(path, *store_as(ras, brats_affine((5, 6, 7)), order, flip))
+    prepared = _prepare(path, str(tmp_path / "png"))
+    slices = VolumeToSlices(SLICE_AXIS)(load_volume_for_slicing(path))
+    assert [s.meta["slice_index"] for s in slices] == sorted(prepared)
+    assert all(np.array_equal(prepared[s.meta["slice_index"]], s[0].numpy()) for s in slices)
+
+
+# bright voxels placed by anatomy (RAS index of a (5, 6, 7) volume) -> (slice index, PNG row, PNG column)
+MARKERS = {
+    (4, 5, 1): (1, 0, 0),  # right anterior: top-left
+    (4, 0, 3): (3, 5, 0),  # right posterior: bottom-left
+    (0, 5, 5): (5, 0, 4),  # left anterior: top-right
+}
+
+
+@pytest.mark.parametrize("name, order, flip", STORAGES)
+def test_prepared_slices_show_radiological_display(name, order, flip, tmp_path):
+    """(b) Whatever the storage, each marker is the only bright pixel of its PNG, at the expected corner."""
+    ras = np.zeros((5, 6, 7), dtype=np.uint8)
+    for marker in MARKERS:
+        ras[marker] = 255
+    path = str(tmp_path / f"{name}.nii")
+    save_nifti(path, *store_as(ras, np.eye(4), order, flip))
+    prepared = _prepare(path, str(tmp_path / "png"))
+    for k, row, column in MARKERS.values():
+        assert np.argwhere(prepared[k] == 255).tolist() == [[row, column]]
+    assert sum(int(p.sum()) for p in prepared.values()) == 255 * len(MARKERS)
+
+
+@pytest.mark.parametrize("name, order, flip", STORAGES)
+def test_check_volume_pair_gives_the_oriented_shape(name, order, flip, tmp_path):
+    stored, affine = store_as(np.zeros((5, 6, 7), dtype=np.uint8), np.eye(4), order, flip)
+    save_nifti(str(tmp_path / "image.nii.gz"), stored, affine)
+    save_nifti(str(tmp_path / "label.nii.gz"), stored, affine)
+    assert check_volume_pair(str(tmp_path / "image.nii.gz"), str(tmp_path / "label.nii.gz")) == (6, 5, 7)
+
+
+def test_iter_axial_slices_checks_range_and_shapes():
+    volume = np.zeros((6, 5, 7), dtype=np.uint8)
+    assert [k for k, _, _ in iter_axial_slices(volume, volume, (2, 4))] == [2, 3]
+    with pytest.raises(ValueError, match=r"slice range \[5, 9\) is outside v.nii, which has 7 axial slices"):
+        list(iter_axial_slices(volume, volume, (5, 9), "v.nii"))
+    with pytest.raises(ValueError, match="label of v.nii has shape"):
+        list(iter_axial_slices(volume, volume[:, :, :3], path="v.nii"))
 
 
 def test_write_png_replaces_atomically(tmp_path, monkeypatch):
@@ -194,3 +247,12 @@ def test_bmad_writer_paths_and_counts(tmp_path):
     assert np.asarray(Image.open(tmp_path / "valid/good/label/p2_slice001.png")).max() == 0
     assert set(np.unique(np.asarray(Image.open(tmp_path / "test/Ungood/label/p3_slice001.png")))) == {0, 255}
     assert writer.counts == {"train/good": 1, "valid/good": 1, "test/Ungood": 1}
+
+
+def test_check_volume_pair_rejects_a_label_in_another_orientation(tmp_path):
+    save_nifti(str(tmp_path / "image.nii.gz"), np.zeros((5, 6, 7), dtype=np.uint8), np.eye(4))
+    save_nifti(
+        str(tmp_path / "label.nii.gz"), *store_as(np.zeros((6, 5, 7), dtype=np.uint8), np.eye(4), (1, 0, 2), (0, 0, 0))
+    )
+    with pytest.raises(ValueError, match=r"label.nii.gz has shape \(5, 6, 7\) .* another orientation"):
+        check_volume_pair(str(tmp_path / "image.nii.gz"), str(tmp_path / "label.nii.gz"))

@@ -10,6 +10,7 @@ from PIL import Image
 
 from data_prep.validate import ValidationReport, main, validate_folder
 from multiad_monai.data import load_datasets
+from multiad_monai.recipe import Recipe
 from tests.data_prep.conftest import list_pngs
 
 PREPARED = ["brats_out", "liver_out", "oct2017_out", "resc_out"]
@@ -35,7 +36,7 @@ def test_converted_folders_validate(prepared, request, capsys):
 @pytest.mark.parametrize("prepared", PREPARED)
 def test_converted_folders_load(prepared, request):
     out = request.getfixturevalue(prepared)
-    data = load_datasets(out, image_size=32)
+    data = load_datasets(out, Recipe(image_size=32))
     assert data.layout == "bmad" and data.has_masks == (prepared != "oct2017_out")
     assert len(data.train) + len(data.calibration) == len(list_pngs(f"{out}/train/good"))
     sample = data.test[0]

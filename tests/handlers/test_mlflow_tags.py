@@ -71,4 +71,4 @@ def test_tracker_checks_its_arguments():
     with pytest.raises(ValueError, match="needs log_model=True"):
         RunTracker(None, "brain", register_model="m", log_model=False)
     with pytest.raises(ValueError, match="needs ckpt_path"):
-        RunTracker(None, "brain", network=torch.nn.Identity())
+        RunTracker(None, "brain", register_model="m")

@@ -16,7 +16,7 @@ from multiad_monai.networks import (
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return MultiAD()
+    return MultiAD(image_size=8)
 
 
 def test_training_forward_returns_features_and_keeps_teacher_in_eval(model):
@@ -44,7 +44,7 @@ def test_calibration_buffers_travel_in_the_state_dict(model, tmp_path):
     assert model.normalize_score(model.image_threshold).item() == pytest.approx(0.5)
     path = tmp_path / "model.pt"
     torch.save(model.state_dict(), path)
-    other = MultiAD()
+    other = MultiAD(image_size=8)
     other.load_state_dict(torch.load(path, weights_only=True))
     assert other.is_calibrated and other.image_threshold.item() == pytest.approx(model.image_threshold.item())
 
@@ -89,7 +89,7 @@ def test_student_eval_features_follow_training():
     """After a short training run and calibration, eval-mode (running-stat) student features match the
     train-mode ones the student was trained to produce: the anomaly map is computed in eval mode."""
     torch.manual_seed(0)
-    network = MultiAD()
+    network = MultiAD(image_size=32)
     optimizer = torch.optim.Adam(network.student.parameters(), 1e-3)
     images = torch.rand(8, 3, 32, 32)
     network.train()

@@ -1,4 +1,4 @@
-"""Output keys and custom events of the Multi-AD engines."""
+"""Output keys, custom events and loss logging shared by the engines, metrics and handlers."""
 
 from __future__ import annotations
 

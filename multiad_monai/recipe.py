@@ -1,0 +1,153 @@
+"""The recipe of a model: every setting that changes what the network sees or how a map becomes a score.
+
+One :class:`Recipe` is built by the training bundle, stored inside the checkpoint next to the weights (as
+plain Python types, so the file still loads with ``torch.load(..., weights_only=True)``), and read back by
+evaluation, inference, export and the MONAI Label app, which rebuild their preprocessing and head from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from multiad_monai.transforms.array import SLICE_AXCODES, SLICE_AXIS
+
+__all__ = ["Recipe", "RECIPE_VERSION", "INTENSITY_MODES", "RESIZE_MODES", "check_given"]
+
+RECIPE_VERSION = 1
+INTENSITY_MODES = ("percentile", "dtype", "hu")
+RESIZE_MODES = ("stretch", "pad")
+
+
+def _tuple(value: Any, cast: type) -> tuple | None:
+    return None if value is None else tuple(cast(v) for v in value)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Preprocessing, network and head settings of a Multi-AD model.
+
+    Args:
+        image_size: network input ``(H, W)`` (an int means a square).
+        intensity: ``"percentile"`` (MRI, OCT: per image / volume), ``"dtype"`` (natural 8/16-bit images: by
+            bit depth) or ``"hu"`` (CT: a fixed Hounsfield window).
+        percentiles: lower/upper percentiles mapped to 0 and 1 for ``"percentile"``.
+        hu_window: Hounsfield range mapped to 0 and 1 for ``"hu"``.
+        resize_mode: ``"stretch"`` to the input size, or ``"pad"`` to a square first (keeps the aspect ratio).
+        slice_axcodes: orientation volumes are brought to before slicing; recorded so that a model trained
+            under another convention is recognised (only ``multiad_monai.transforms.SLICE_AXCODES`` is supported).
+        slice_axis: spatial axis of that orientation along which volumes are cut (``SLICE_AXIS``).
+        organ_labels: 3D only: label values of the organ the image is masked to (e.g. LiTS ``(1,)``).
+        lesion_labels: 3D only: lesion values of the label maps when ``organ_labels`` is given.
+        teacher: teacher/student topology, see ``multiad_monai.networks.TEACHERS``.
+        layers: distilled stages (None: the teacher's strides 4, 8 and 16).
+        discriminator_channels: conv widths of the discriminator.
+        fusion: ``"sum"`` or ``"product"`` of the per-scale maps.
+        sigma: Gaussian smoothing of the fused map, in pixels (0: none).
+        score: ``"max"`` or ``"topk"`` (mean of the ``topk_ratio`` highest pixels).
+        topk_ratio: share of pixels averaged by ``score="topk"``.
+        threshold_sigmas: default threshold = normal mean + this many standard deviations of normal scores.
+    """
+
+    image_size: tuple[int, int] = (256, 256)
+    intensity: str = "percentile"
+    percentiles: tuple[float, float] = (0.0, 99.5)
+    hu_window: tuple[float, float] = (-200.0, 250.0)
+    resize_mode: str = "stretch"
+    slice_axcodes: str = SLICE_AXCODES
+    slice_axis: int = SLICE_AXIS
+    organ_labels: tuple[int, ...] | None = None
+    lesion_labels: tuple[int, ...] = (2,)
+    teacher: str = "efficientnet-lite0"
+    layers: tuple[str, ...] | None = None
+    discriminator_channels: tuple[int, ...] = (128, 128)
+    fusion: str = "sum"
+    sigma: float = 4.0
+    score: str = "max"
+    topk_ratio: float = 0.01
+    threshold_sigmas: float = 3.0
+
+    def __post_init__(self) -> None:
+        # normalise JSON / bundle values (lists, ints for floats) so equal recipes compare equal
+        size = self.image_size
+        size = (size, size) if isinstance(size, (int, float)) else tuple(size)
+        set_ = object.__setattr__
+        set_(self, "image_size", _tuple(size, int))
+        set_(self, "percentiles", _tuple(self.percentiles, float))
+        set_(self, "hu_window", _tuple(self.hu_window, float))
+        set_(self, "organ_labels", _tuple(self.organ_labels or None, int))
+        set_(self, "lesion_labels", _tuple(self.lesion_labels, int))
+        set_(self, "layers", _tuple(self.layers or None, str))
+        set_(self, "discriminator_channels", _tuple(self.discriminator_channels, int))
+        for name in ("sigma", "topk_ratio", "threshold_sigmas"):
+            set_(self, name, float(getattr(self, name)))
+        set_(self, "slice_axis", int(self.slice_axis))
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ValueError(f"image_size must be a positive int or (H, W), got {size}")
+        if self.intensity not in INTENSITY_MODES:
+            raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if (self.slice_axcodes, self.slice_axis) != (SLICE_AXCODES, SLICE_AXIS):
+            raise ValueError(
+                f"slices are cut in {SLICE_AXCODES} along axis {SLICE_AXIS} (as data_prep writes them), got "
+                f"{self.slice_axcodes} along axis {self.slice_axis}"
+            )
+        for name in ("percentiles", "hu_window"):
+            low, high = getattr(self, name)
+            if not high > low:
+                raise ValueError(f"{name} must be (low, high) with high > low, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON / ``weights_only`` types: tuples become lists."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "the recipe") -> Recipe:
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming ``source``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{source} holds unknown recipe keys {unknown}; known keys: {sorted(names)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Recipe:
+        return dataclasses.replace(self, **changes)
+
+    def differences(self, other: Recipe) -> dict[str, tuple[Any, Any]]:
+        """``{key: (this value, other value)}`` for every key where the two recipes differ."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {key: (mine[key], theirs[key]) for key in mine if mine[key] != theirs[key]}
+
+
+def check_given(recipe: Recipe, given: Mapping[str, Any], source: str) -> Recipe:
+    """Check values a user gave (None = not given) against a checkpoint's recipe.
+
+    Args:
+        recipe: the recipe stored in the checkpoint ``source``.
+        given: ``{key: value}`` from the command line or a config; None means "take the checkpoint's".
+        source: the checkpoint's path, for the message.
+
+    Returns:
+        ``recipe`` unchanged: a model is always used with the recipe it was trained with.
+
+    Raises:
+        ValueError: naming every key whose given value contradicts the checkpoint, with both values.
+    """
+    given = {key: value for key, value in given.items() if value is not None}
+    try:
+        merged = recipe.replace(**given)
+    except TypeError as e:
+        raise ValueError(f"unknown recipe key in {sorted(given)}: {e}") from e
+    conflicts = recipe.differences(merged)
+    if conflicts:
+        details = "; ".join(f"{key}: given {new!r}, checkpoint {old!r}" for key, (old, new) in conflicts.items())
+        raise ValueError(
+            f"the options given contradict the recipe stored in {source} ({details}). A model is used with the "
+            "settings it was trained with: drop these options, or train a model with them"
+        )
+    return recipe

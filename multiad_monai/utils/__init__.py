@@ -1,0 +1,3 @@
+from .atomic import atomic_write, staged_dir
+from .errors import readable_errors, root_message
+from .keys import MultiADIterationEvents, MultiADKeys, loss_logs

@@ -1,0 +1,54 @@
+"""Errors a person can read: the last lines of a failed bundle run say what is wrong, not how MONAI parsed it.
+
+``python -m monai.bundle run`` ends a failed run with the outermost exception, ``RuntimeError: Failed to
+evaluate ConfigExpression`` and a dump of the expression; the real message (which names the file or key)
+sits tens of lines above. :func:`readable_errors` installs an exception hook that still prints the whole
+traceback (for the log), then repeats the message that matters as the last lines.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from types import TracebackType
+
+__all__ = ["readable_errors", "root_message"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def _raised_by_us(error: BaseException) -> bool:
+    frames = traceback.extract_tb(error.__traceback__) if error.__traceback__ else []
+    return bool(frames) and frames[-1].filename.startswith(_PACKAGE_DIR)
+
+
+def root_message(error: BaseException) -> str:
+    """The message that says what went wrong: the outermost error raised by this package (those name the file,
+    key or value and the fix), else the innermost cause."""
+    chain = _chain(error)
+    ours = [e for e in chain if _raised_by_us(e)]
+    chosen = ours[0] if ours else chain[-1]
+    return f"{type(chosen).__name__}: {chosen}"
+
+
+def _hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+    traceback.print_exception(kind, error, tb)
+    if isinstance(error, KeyboardInterrupt):
+        return
+    line = "-" * 100
+    print(f"{line}\nerror: {root_message(error)}\n(the full traceback is above)\n{line}", file=sys.stderr, flush=True)
+
+
+def readable_errors() -> None:
+    """Install the hook (idempotent). The bundles call it first thing in ``initialize``."""
+    sys.excepthook = _hook
