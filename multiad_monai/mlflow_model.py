@@ -14,7 +14,6 @@ most anomalous slice's.
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import warnings
@@ -36,8 +35,6 @@ from multiad_monai.data.layouts import VOLUME_EXTENSIONS
 from multiad_monai.inference import AnomalyInferer
 
 __all__ = ["MultiADPyfunc", "load_inferer", "log_pyfunc_model", "SIGNATURE", "ARTIFACT_PATH"]
-
-logger = logging.getLogger(__name__)
 
 ARTIFACT_PATH = "model"
 
