@@ -21,7 +21,13 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from multiad_monai.transforms import SLICE_AXIS, VolumeToSlices, load_volume_for_slicing, oriented_shape
+from multiad_monai.transforms import (
+    SLICE_AXIS,
+    VolumeToSlices,
+    decode_palette,
+    load_volume_for_slicing,
+    oriented_shape,
+)
 from multiad_monai.utils import atomic_write
 
 __all__ = [
@@ -253,7 +259,7 @@ def read_mask(path: str) -> np.ndarray:
     """
     try:
         with Image.open(path) as image:
-            array = np.asarray(image)
+            array = np.asarray(decode_palette(image))
     except Exception as e:
         raise ValueError(f"cannot read mask {path}: {e}") from e
     if array.ndim == 3:

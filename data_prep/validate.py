@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from multiad_monai.data.layouts import index_dataset
+from multiad_monai.transforms import decode_palette
 
 __all__ = ["Problem", "ClassSummary", "ValidationReport", "validate_folder", "main"]
 
@@ -89,7 +90,7 @@ def _open(path: str) -> tuple[np.ndarray | None, str | None]:
     try:
         with Image.open(path) as image:
             image.load()
-            return np.asarray(image), None
+            return np.asarray(decode_palette(image)), None  # palette PNGs as the package reads them
     except Exception as e:
         return None, f"unreadable ({type(e).__name__}: {e})"
 

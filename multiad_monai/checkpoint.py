@@ -23,7 +23,7 @@ import torch
 from multiad_monai.networks.encoders import TEACHERS
 from multiad_monai.networks.multiad import MultiAD
 from multiad_monai.recipe import Recipe, check_given
-from multiad_monai.utils import atomic_write
+from multiad_monai.utils import atomic_write, check_path
 
 __all__ = ["CALIBRATION_BUFFERS", "load_checkpoint", "load_model", "read_recipe", "read_state", "upgrade"]
 
@@ -44,6 +44,7 @@ def read_state(ckpt_path: str) -> dict[str, Any]:
     """
     if not ckpt_path:
         raise ValueError("ckpt_path is required (--ckpt_path PATH): the training bundle writes <output_dir>/model.pt")
+    check_path(ckpt_path, "ckpt_path")
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
     try:
@@ -76,13 +77,27 @@ def _recipe_of(state: Mapping[str, Any], ckpt_path: str) -> Recipe:
     return Recipe.from_dict(extra["recipe"], ckpt_path)
 
 
-def read_recipe(ckpt_path: str, **given: Any) -> Recipe:
+def read_recipe(ckpt_path: str, require_calibrated: bool = False, **given: Any) -> Recipe:
     """The recipe stored in ``ckpt_path``, checked against values a user gave (None = not given).
 
     Raises:
-        ValueError: for an unreadable or pre-recipe checkpoint, or a given value that contradicts it.
+        ValueError: for an unreadable, pre-recipe or (with ``require_calibrated``) uncalibrated checkpoint, or a
+            given value that contradicts it.
     """
-    return check_given(_recipe_of(read_state(ckpt_path), ckpt_path), given, ckpt_path)
+    state = read_state(ckpt_path)
+    recipe = check_given(_recipe_of(state, ckpt_path), given, ckpt_path)
+    if require_calibrated:
+        _check_calibrated(state, ckpt_path)
+    return recipe
+
+
+def _check_calibrated(state: Mapping[str, Any], ckpt_path: str) -> None:
+    uncalibrated = [name for name in CALIBRATION_BUFFERS if not bool(torch.isfinite(state[name]).all())]
+    if uncalibrated:
+        raise ValueError(
+            f"{ckpt_path} is not calibrated ({', '.join(uncalibrated)} are NaN): use the final model saved after "
+            "calibration (the bundle's ckpt_path), or run MultiAD.calibrate on normal images and save again"
+        )
 
 
 def _guess_teacher(keys: Sequence[str]) -> str | None:
@@ -114,12 +129,8 @@ def _check_fits(state: Mapping[str, Any], network: MultiAD, ckpt_path: str, requ
         else:
             origin = "build the network with the training layers and discriminator_channels"
         raise ValueError(f"{ckpt_path} does not fit MultiAD(teacher={network.teacher_name!r}): {origin} ({details})")
-    uncalibrated = [name for name in CALIBRATION_BUFFERS if not bool(torch.isfinite(state[name]).all())]
-    if require_calibrated and uncalibrated:
-        raise ValueError(
-            f"{ckpt_path} is not calibrated ({', '.join(uncalibrated)} are NaN): use the final model saved after "
-            "calibration (the bundle's ckpt_path), or run MultiAD.calibrate on normal images and save again"
-        )
+    if require_calibrated:
+        _check_calibrated(state, ckpt_path)
 
 
 def load_checkpoint(ckpt_path: str, network: MultiAD, require_calibrated: bool = True) -> MultiAD:

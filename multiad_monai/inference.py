@@ -32,7 +32,7 @@ from multiad_monai.transforms.preprocessing import (
     slicing_transform,
     volume_transform,
 )
-from multiad_monai.utils import staged_dir
+from multiad_monai.utils import check_path, staged_dir
 from multiad_monai.visualize import overlay
 
 __all__ = ["AnomalyInferer", "VolumePrediction", "list_inputs"]
@@ -46,6 +46,7 @@ def list_inputs(input_path: str | None) -> list[str]:
     """One file, or the supported image/volume files of a folder (sorted); raises when there are none."""
     if not input_path:
         raise ValueError("input_path is required: one image/volume file or a folder of them (--input_path PATH)")
+    check_path(input_path, "input_path")
     if os.path.isfile(input_path):
         return [input_path]
     if not os.path.isdir(input_path):
@@ -58,6 +59,15 @@ def list_inputs(input_path: str | None) -> list[str]:
     if not files:
         raise ValueError(f"no image or volume files in {input_path} (expected {IMAGE_EXTENSIONS + VOLUME_EXTENSIONS})")
     return files
+
+
+def output_names(paths: Sequence[str]) -> dict[str, str]:
+    """The name each input's outputs are written under: its stem, or its whole file name (dots as ``_``) when two
+    inputs share a stem (``scan.png`` and ``scan.jpg`` give ``scan_png`` and ``scan_jpg``)."""
+    stems = [file_stem(p) for p in paths]
+    return {
+        p: stem if stems.count(stem) == 1 else os.path.basename(p).replace(".", "_") for p, stem in zip(paths, stems)
+    }
 
 
 def _is_volume(path: str) -> bool:
@@ -180,8 +190,15 @@ class AnomalyInferer:
         paths = list_inputs(input_path)
         if not output_dir:
             raise ValueError("output_dir is required (--output_dir DIR): maps, overlays and scores.csv go there")
+        check_path(output_dir, "output_dir")
+        if os.path.isdir(input_path) and os.path.realpath(input_path) == os.path.realpath(output_dir):
+            raise ValueError(
+                f"output_dir {output_dir} is the input folder: a rerun would score its own maps and overlays; "
+                "pass another --output_dir (a sub-folder is fine)"
+            )
         with staged_dir(output_dir, merge=True) as staging:  # all files appear only once every input succeeded
-            rows = self._write_images(paths, staging) + self._write_volumes(paths, staging)
+            names = output_names(paths)
+            rows = self._write_images(paths, names, staging) + self._write_volumes(paths, names, staging)
             rows.sort(key=lambda row: paths.index(row["image"]))
             with open(os.path.join(staging, "scores.csv"), "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
@@ -200,22 +217,22 @@ class AnomalyInferer:
             "top_slices": top_slices,
         }
 
-    def _write_images(self, paths: list[str], out: str) -> list[dict]:
+    def _write_images(self, paths: list[str], names: dict[str, str], out: str) -> list[dict]:
         images = [p for p in paths if not _is_volume(p)]
         rows = []
         for path, image, anomaly_map, score in self.predict_images(images) if images else []:
-            stem = file_stem(path)
+            stem = names[path]
             np.save(os.path.join(out, f"{stem}_map.npy"), anomaly_map.astype(np.float32))
             normalized = self.network.normalize_map(torch.from_numpy(anomaly_map)).numpy()
             Image.fromarray(overlay(image, normalized)).save(os.path.join(out, f"{stem}_overlay.png"))
             rows.append(self._row(path, score))
         return rows
 
-    def _write_volumes(self, paths: list[str], out: str) -> list[dict]:
+    def _write_volumes(self, paths: list[str], names: dict[str, str], out: str) -> list[dict]:
         rows = []
         for path in (p for p in paths if _is_volume(p)):
             prediction = self.predict_volume(path)
-            stem = file_stem(path)
+            stem = names[path]
             nifti = nib.Nifti1Image(prediction.anomaly_map.astype(np.float32), prediction.affine)
             nib.save(nifti, os.path.join(out, f"{stem}_map.nii.gz"))
             Image.fromarray(prediction.worst_slice_overlay).save(os.path.join(out, f"{stem}_overlay.png"))

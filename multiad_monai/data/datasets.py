@@ -20,6 +20,7 @@ from multiad_monai.transforms.preprocessing import (
     slicing_transform,
     volume_transform,
 )
+from multiad_monai.utils.errors import check_path
 
 __all__ = ["AnomalyData", "NamedErrorDataset", "apply_named", "load_datasets"]
 
@@ -93,7 +94,8 @@ def load_datasets(
     """
     if not 0.0 < calibration_fraction < 1.0:
         raise ValueError(f"calibration_fraction must be in (0, 1), got {calibration_fraction}")
-    if category:
+    check_path(dataset_dir, "dataset_dir")
+    if category not in (None, ""):
         dataset_dir = os.path.join(dataset_dir, str(category))
     layout, splits = index_dataset(dataset_dir)
 

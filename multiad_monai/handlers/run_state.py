@@ -14,6 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from multiad_monai.handlers.checkpoints import last_checkpoint
+from multiad_monai.utils.errors import check_path
 
 __all__ = ["TrainingRunState", "PruneStaleCheckpoints", "check_before_training", "create_tracking_store"]
 
@@ -32,6 +33,8 @@ def check_before_training(
     """
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r} (--epochs N)")
+    check_path(output_dir, "output_dir")
+    check_path(ckpt_path, "ckpt_path")
     if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"output_dir {output_dir} is a file, not a folder: pass --output_dir with a folder")
     os.makedirs(output_dir, exist_ok=True)

@@ -1,17 +1,21 @@
 from .array import (
     SLICE_AXCODES,
     SLICE_AXIS,
+    CheckFinite,
     CheckHounsfield,
     EnsureRGB,
     OrientForSlicing,
     PadToSquare,
     ScaleIntensityByDtype,
     VolumeToSlices,
+    decode_palette,
+    image_reader,
     load_volume_for_slicing,
     oriented_shape,
     source_name,
 )
 from .dictionary import (
+    CheckFinited,
     CheckHounsfieldd,
     EnsureMaskd,
     EnsureRGBd,

@@ -15,14 +15,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.config import DtypeLike, NdarrayOrTensor
-from monai.data import MetaTensor
+from monai.data import MetaTensor, PILReader
 from monai.transforms import EnsureChannelFirst, LoadImage, Orientation, SpatialPad, Transform
 from monai.utils import TransformBackends, convert_to_tensor
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+from PIL import Image
 
 __all__ = [
     "SLICE_AXCODES",
     "SLICE_AXIS",
+    "CheckFinite",
     "CheckHounsfield",
     "EnsureRGB",
     "OrientForSlicing",
@@ -31,6 +33,8 @@ __all__ = [
     "VolumeToSlices",
     "load_volume_for_slicing",
     "oriented_shape",
+    "decode_palette",
+    "image_reader",
     "source_name",
 ]
 
@@ -42,6 +46,23 @@ inferior -> superior (slice index 0 = most inferior)."""
 SLICE_AXIS = 2
 """Spatial axis (of a channel-first volume ``(C, H, W, D)``: tensor dimension ``SLICE_AXIS + 1``) cut into axial
 slices after :class:`OrientForSlicing`."""
+
+
+def decode_palette(image: Image.Image) -> Image.Image:
+    """Palette images (PIL modes ``P``, ``PA``) decoded through their palette: RGB, or RGBA with transparency.
+
+    PIL otherwise hands out palette indices, an image that looks like noise to the network. Other modes pass.
+    """
+    if image.mode == "PA" or (image.mode == "P" and "transparency" in image.info):
+        return image.convert("RGBA")
+    if image.mode == "P":
+        return image.convert("RGB")
+    return image
+
+
+def image_reader() -> PILReader:
+    """The 2D reader of training, evaluation and inference: (H, W) row-major, bit depth kept, palettes decoded."""
+    return PILReader(converter=decode_palette, reverse_indexing=False)
 
 
 def source_name(img: NdarrayOrTensor) -> str:
@@ -222,6 +243,29 @@ class PadToSquare(SpatialPad):
         side = max(spatial_shape)
         widths = [side - size for size in spatial_shape]
         return tuple([(0, 0)] + [(w // 2, w - w // 2) for w in widths])  # type: ignore[return-value]
+
+
+class CheckFinite(Transform):
+    """Refuse an image or volume holding NaN or Inf, naming the file; warn when it is all zero.
+
+    A non-finite voxel would make the anomaly map NaN and the image look normal (``nan > threshold`` is false),
+    so such inputs are never scored: the message says how many voxels are affected and what to do.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        data = convert_to_tensor(img, track_meta=False)
+        if data.dtype.is_floating_point:
+            bad = int((~torch.isfinite(data)).sum())
+            if bad:
+                raise ValueError(
+                    f"{source_name(img)} holds {bad} non-finite value(s) (NaN or Inf) out of {data.numel()}: it "
+                    "cannot be scored; replace them (e.g. by the background value) and run again"
+                )
+        if data.numel() and not bool(data.any()):
+            warnings.warn(f"{source_name(img)} is all zero: its map and score carry no information", stacklevel=2)
+        return img
 
 
 class CheckHounsfield(Transform):

@@ -11,6 +11,7 @@ from monai.transforms import MapTransform, Orientationd, Padd
 from multiad_monai.transforms.array import (
     SLICE_AXCODES,
     SLICE_AXIS,
+    CheckFinite,
     CheckHounsfield,
     EnsureRGB,
     OrientForSlicing,
@@ -21,6 +22,7 @@ from multiad_monai.transforms.array import (
 )
 
 __all__ = [
+    "CheckFinited",
     "CheckHounsfieldd",
     "EnsureMaskd",
     "EnsureRGBd",
@@ -78,7 +80,9 @@ class EnsureMaskd(MapTransform):
                 f"mask {source_name(mask)} has size {tuple(mask.shape[1:])} but its image "
                 f"{source_name(image)} has size {spatial}"
             )
-        d[self.mask_key] = ((mask[:1] == 0) if self.invert else (mask[:1] > 0)).float()
+        colour = mask[:3] if mask.shape[0] >= 3 else mask[:1]  # decoded palette / RGB masks: any channel counts
+        marked = (colour == 0).all(0, keepdim=True) if self.invert else (colour > 0).any(0, keepdim=True)
+        d[self.mask_key] = marked.float()
         return d
 
 
@@ -172,6 +176,20 @@ class PadToSquared(Padd):
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = True) -> None:
         super().__init__(keys, padder=PadToSquare(), allow_missing_keys=allow_missing_keys)
+
+
+class CheckFinited(MapTransform):
+    """Dictionary version of :class:`CheckFinite`."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.checker = CheckFinite()
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.checker(d[key])
+        return d
 
 
 class CheckHounsfieldd(MapTransform):

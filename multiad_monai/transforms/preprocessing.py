@@ -23,7 +23,9 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
 )
 
+from multiad_monai.transforms.array import image_reader
 from multiad_monai.transforms.dictionary import (
+    CheckFinited,
     CheckHounsfieldd,
     EnsureMaskd,
     EnsureRGBd,
@@ -92,8 +94,7 @@ def image_transform(recipe: Recipe, invert_masks: bool = False, resize: bool = T
     """
     load = LoadImaged(
         KEYS,
-        reader="PILReader",
-        reverse_indexing=False,
+        reader=image_reader(),
         image_only=True,
         dtype=None,  # keep the bit depth for intensity="dtype"
         allow_missing_keys=True,
@@ -102,6 +103,7 @@ def image_transform(recipe: Recipe, invert_masks: bool = False, resize: bool = T
         [
             load,
             EnsureChannelFirstd(KEYS, allow_missing_keys=True),
+            CheckFinited("image"),
             intensity_transform(recipe),
             EnsureMaskd(invert=invert_masks),
             *([resize_transform(recipe)] if resize else []),
@@ -131,6 +133,7 @@ def volume_transform(recipe: Recipe, labels: bool = True) -> Compose:
             LoadImaged(KEYS, image_only=True, dtype=None, allow_missing_keys=True),  # dtype: for intensity="dtype"
             EnsureChannelFirstd(KEYS, allow_missing_keys=True),
             OrientForSlicingd(KEYS, allow_missing_keys=True),
+            CheckFinited("image"),
             intensity_transform(recipe),
             *organ,
         ]

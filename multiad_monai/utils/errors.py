@@ -13,7 +13,13 @@ import sys
 import traceback
 from types import TracebackType
 
-__all__ = ["readable_errors", "root_message"]
+__all__ = ["check_path", "readable_errors", "root_message"]
+
+PARSER_HINT = (
+    "the MONAI bundle parser rewrites '#' in config values to '::' and evaluates values that start with '$' as "
+    "Python; a path with '#' cannot go through it: rename it or pass a symbolic link without '#', and write a "
+    "path that starts with '$' as './$...'"
+)
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
@@ -41,12 +47,22 @@ def root_message(error: BaseException) -> str:
     return f"{type(chosen).__name__}: {chosen}"
 
 
+def check_path(path: str | None, key: str) -> str | None:
+    """``path`` unchanged, or a ``ValueError`` naming ``key`` when the bundle parser has visibly mangled it."""
+    if path and "::" in str(path) and not os.path.exists(path):
+        raise ValueError(f"{key} {path!r} does not exist and holds '::': {PARSER_HINT}")
+    return path
+
+
 def _hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
     traceback.print_exception(kind, error, tb)
     if isinstance(error, KeyboardInterrupt):
         return
+    message = root_message(error)
+    if message.startswith(("SyntaxError", "NameError")) and "ConfigExpression" in "".join(map(str, _chain(error))):
+        message += f"\n  (a config value that starts with '$' is Python: {PARSER_HINT})"
     line = "-" * 100
-    print(f"{line}\nerror: {root_message(error)}\n(the full traceback is above)\n{line}", file=sys.stderr, flush=True)
+    print(f"{line}\nerror: {message}\n(the full traceback is above)\n{line}", file=sys.stderr, flush=True)
 
 
 def readable_errors() -> None:

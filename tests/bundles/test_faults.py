@@ -1,0 +1,98 @@
+"""Nothing lost: real training processes killed (SIGKILL) at five points resume to the result of an uninterrupted
+run, reruns never destroy earlier results, and every training run is one MLflow run, also when two share a store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+import mlflow
+import pytest
+
+from tests.bundles.faults import POINTS
+from tests.bundles.helpers import ROOT, bundle_command, run, run_in_process
+
+ARGS = ["--epochs", "3", "--image_size", "32", "--batch_size", "4", "--num_overlays", "1"]
+PROBE = os.path.join(ROOT, "tests", "bundles", "fault_probe.json")
+METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max")
+
+
+def _runs(out: str) -> list:
+    client = mlflow.MlflowClient(tracking_uri="sqlite:///" + os.path.join(out, "mlruns.db"))
+    return client.search_runs([client.get_experiment_by_name("multiad_brain").experiment_id])
+
+
+def _train(out: str, dataset_dir: str, *extra: str, configs=("train.json",)) -> subprocess.CompletedProcess:
+    return run(bundle_command("brain", "training", out, *ARGS, "--dataset_dir", dataset_dir, *extra, configs=configs))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, mvtec_dir) -> dict:
+    """An uninterrupted run with the same seed."""
+    out = str(tmp_path_factory.mktemp("reference"))
+    run_in_process("brain", "training", dataset_dir=mvtec_dir, output_dir=out, epochs=3, image_size=32, batch_size=4)
+    return json.load(open(os.path.join(out, "metrics.json")))
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_killed_run_resumes_to_the_uninterrupted_result(point, reference, mvtec_dir, tmp_path):
+    out = str(tmp_path)
+    killed = _train(out, mvtec_dir, "--fault", point, configs=("train.json", PROBE))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not os.path.exists(os.path.join(out, "metrics.json"))
+    refused = _train(out, mvtec_dir)  # the same command again does not start over silently
+    assert refused.returncode != 0 and "--resume true to continue it" in refused.stderr.splitlines()[-3]
+
+    resumed = _train(out, mvtec_dir, "--resume", "true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    for key in METRICS:
+        assert metrics[key] == pytest.approx(reference[key], abs=1e-6), key
+    assert metrics["train_seconds"] > 0
+    (run_,) = _runs(out)  # the resumed run continued the killed run's MLflow run
+    assert run_.info.status == "FINISHED"
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_finished_run_is_never_overwritten_by_accident(mvtec_dir, tmp_path):
+    out = str(tmp_path)
+    assert _train(out, mvtec_dir, "--epochs", "1").returncode == 0
+    before = {name: open(os.path.join(out, name), "rb").read() for name in ("model.pt", "metrics.json")}
+    result = _train(out, mvtec_dir, "--epochs", "1", "--learning_rate", "0.01")
+    last_lines = result.stderr.strip().splitlines()[-3:]
+    assert result.returncode != 0 and "already holds a finished training run" in "\n".join(last_lines)
+    assert {name: open(os.path.join(out, name), "rb").read() for name in before} == before  # byte for byte
+
+    assert _train(out, mvtec_dir, "--epochs", "1", "--learning_rate", "0.01", "--overwrite", "true").returncode == 0
+    runs = _runs(out)
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"] and len({r.info.run_name for r in runs}) == 2
+
+
+def test_killed_run_replaced_with_other_settings_is_marked_killed(mvtec_dir, tmp_path):
+    out = str(tmp_path)
+    killed = _train(out, mvtec_dir, "--fault", "mid_epoch", configs=("train.json", PROBE))
+    assert killed.returncode == -signal.SIGKILL
+    replaced = _train(out, mvtec_dir, "--overwrite", "true", "--learning_rate", "0.003")
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    statuses = {r.data.params["learning_rate"]: r.info.status for r in _runs(out)}
+    assert statuses == {"0.001": "KILLED", "0.003": "FINISHED"}
+    assert os.listdir(os.path.join(out, "checkpoints")) == ["checkpoint_epoch=3.pt"]  # the stale one is gone
+
+
+def test_two_concurrent_runs_into_one_new_store_are_two_finished_runs(mvtec_dir, tmp_path):
+    store = "sqlite:///" + str(tmp_path / "shared" / "mlruns.db")
+    commands = [
+        bundle_command("brain", "training", str(tmp_path / name), *ARGS, "--dataset_dir", mvtec_dir, "--epochs", "1")
+        + ["--tracking_uri", store]
+        for name in ("a", "b")
+    ]
+    processes = [
+        subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands
+    ]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    client = mlflow.MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("multiad_brain").experiment_id])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
