@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.data import DataLoader, MetaTensor
 from monai.transforms import Compose
 from PIL import Image
@@ -150,7 +151,12 @@ class AnomalyInferer:
         return chain.inverse({"image": tracked})["image"].as_tensor()
 
     def predict_images(self, paths: Sequence[str]) -> Iterator[tuple[str, np.ndarray, np.ndarray, float]]:
-        """Yield ``(path, image (3, H, W) in [0, 1], raw map (H, W), score)`` per 2D file, in batches."""
+        """Yield ``(path, image (3, h, w) in [0, 1], raw map (H, W), score)`` per 2D file, in batches.
+
+        The map has the file's size ``(H, W)``; the image is the one the network's input was made from, which
+        is the file itself unless it exceeds twice the model's size (then it is reduced on reading, see
+        :func:`multiad_monai.transforms.shrink`, and the map is interpolated back to the file's size).
+        """
         dataset = NamedErrorDataset([{"image": p, "path": p} for p in paths], transform=self.image_chain)
         # samples keep their own metadata (for the inverse): batches stay lists
         loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=list)
@@ -158,8 +164,12 @@ class AnomalyInferer:
             samples = [self.resize(sample) for sample in originals]
             maps, scores = self.predict_samples(samples)
             for original, sample, anomaly_map, score in zip(originals, samples, maps, scores):
-                restored = self._restore(self.resize, sample["image"], anomaly_map)[0].numpy()
-                yield original["path"], self.to_rgb(original)["image"].numpy(), restored, float(score)
+                restored = self._restore(self.resize, sample["image"], anomaly_map)
+                with Image.open(original["path"]) as file:  # the header alone: the file's own size
+                    width, height = file.size
+                if restored.shape[-2:] != (height, width):
+                    restored = F.interpolate(restored[None], size=(height, width), mode="bilinear")[0]
+                yield original["path"], self.to_rgb(original)["image"].numpy(), restored[0].numpy(), float(score)
 
     def predict_volume(self, path: str) -> VolumePrediction:
         """Slice-wise prediction of one 3D volume, mapped back to the input's geometry."""
@@ -222,8 +232,12 @@ class AnomalyInferer:
         rows = []
         for path, image, anomaly_map, score in self.predict_images(images) if images else []:
             stem = names[path]
-            np.save(os.path.join(out, f"{stem}_map.npy"), anomaly_map.astype(np.float32))
-            normalized = self.network.normalize_map(torch.from_numpy(anomaly_map)).numpy()
+            # float16: a heat map needs no more, and a full-size map of a large file stays half as large
+            np.save(os.path.join(out, f"{stem}_map.npy"), anomaly_map.astype(np.float16))
+            shown = torch.from_numpy(anomaly_map)[None, None]
+            if tuple(shown.shape[-2:]) != image.shape[1:]:  # a reduced large file: the overlay at that size
+                shown = F.interpolate(shown, size=image.shape[1:], mode="area")
+            normalized = self.network.normalize_map(shown[0, 0].to(self.network.score_mean)).cpu().numpy()
             Image.fromarray(overlay(image, normalized)).save(os.path.join(out, f"{stem}_overlay.png"))
             rows.append(self._row(path, score))
         return rows

@@ -13,6 +13,7 @@ from monai.transforms import Compose, apply_transform
 
 from multiad_monai.data.layouts import index_dataset
 from multiad_monai.recipe import Recipe
+from multiad_monai.transforms.array import source_name
 from multiad_monai.transforms.preprocessing import (
     image_transform,
     network_input,
@@ -65,7 +66,9 @@ def apply_named(transform: Compose, item: dict):
         cause = e
         while cause.__cause__ is not None:
             cause = cause.__cause__
-        files = ", ".join(str(item[k]) for k in ("image", "mask") if k in item)
+        # an already loaded array is named by its source file, never printed whole
+        named = [item[k] for k in ("image", "mask") if k in item]
+        files = ", ".join(v if isinstance(v, str) else source_name(v) for v in named)
         raise ValueError(f"cannot load {files}: {cause}") from e
 
 

@@ -40,6 +40,13 @@ def check_before_training(
     os.makedirs(output_dir, exist_ok=True)
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise ValueError(f"output_dir {output_dir} is not writable: pass --output_dir with a folder you can write")
+    # a write killed half-way leaves a temporary file (ignite's tmp* checkpoints, our .<name>.<id>.tmp files):
+    # garbage by definition, never read by anything
+    partials = glob.glob(os.path.join(checkpoint_dir, "tmp*")) + glob.glob(os.path.join(output_dir, ".*.tmp"))
+    for partial in partials:
+        if os.path.isfile(partial) and not partial.endswith(".pt"):
+            os.remove(partial)
+            logger.info(f"removed {partial}, left by a write that was interrupted")
     last = last_checkpoint(checkpoint_dir)
     finished = [p for p in (ckpt_path, os.path.join(output_dir, "metrics.json")) if os.path.isfile(p)]
     if resume or overwrite or not (last or finished):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from scipy.integrate import trapezoid
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 __all__ = ["image_auroc", "image_f1_max", "pixel_auroc", "pixel_aupro", "pro_curve"]
@@ -89,4 +90,4 @@ def pixel_aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> 
         # close the curve exactly at the limit by linear interpolation
         y_limit = np.interp(fpr_limit, fpr[end - 1 : end + 1], pro[end - 1 : end + 1])
         x, y = np.r_[x, fpr_limit], np.r_[y, y_limit]
-    return float(np.trapezoid(y, x) / fpr_limit)
+    return float(trapezoid(y, x) / fpr_limit)  # scipy's: np.trapezoid needs numpy >= 2

@@ -35,6 +35,7 @@ __all__ = [
     "oriented_shape",
     "decode_palette",
     "image_reader",
+    "shrink",
     "source_name",
 ]
 
@@ -60,9 +61,29 @@ def decode_palette(image: Image.Image) -> Image.Image:
     return image
 
 
-def image_reader() -> PILReader:
-    """The 2D reader of training, evaluation and inference: (H, W) row-major, bit depth kept, palettes decoded."""
-    return PILReader(converter=decode_palette, reverse_indexing=False)
+def shrink(image: Image.Image, limit: int | None, resample: int = Image.Resampling.BOX) -> Image.Image:
+    """Reduce an image whose longer side exceeds ``limit`` by an integer factor (box filter; ``NEAREST`` for
+    masks) while it is still 8/16-bit, so memory stays bounded by the model's size, not the file's."""
+    factor = max(image.size) // limit if limit else 0
+    if factor < 2:
+        return image
+    width, height = image.size
+    size = (-(-width // factor), -(-height // factor))  # rounded up, as Image.reduce
+    if resample == Image.Resampling.BOX and image.mode not in ("I;16", "I;16B", "I;16L"):
+        return image.reduce(factor)
+    return image.resize(size, resample)
+
+
+def image_reader(limit: int | None = None, mask: bool = False) -> PILReader:
+    """The 2D reader of training, evaluation and inference: (H, W) row-major, bit depth kept, palettes decoded,
+    and files whose longer side is more than twice ``limit`` reduced on reading (see :func:`shrink`).
+
+    Args:
+        limit: the side images need at most (two model input sizes: the anti-aliased resize follows).
+        mask: read masks (nearest-neighbour reduction keeps them binary).
+    """
+    resample = Image.Resampling.NEAREST if mask else Image.Resampling.BOX
+    return PILReader(converter=lambda image: shrink(decode_palette(image), limit, resample), reverse_indexing=False)
 
 
 def source_name(img: NdarrayOrTensor) -> str:

@@ -92,16 +92,14 @@ def image_transform(recipe: Recipe, invert_masks: bool = False, resize: bool = T
         resize: end with :func:`resize_transform`; False keeps the file's size (inference resizes itself, to
             keep the original for overlays).
     """
-    load = LoadImaged(
-        KEYS,
-        reader=image_reader(),
-        image_only=True,
-        dtype=None,  # keep the bit depth for intensity="dtype"
-        allow_missing_keys=True,
-    )
+    limit = 2 * max(recipe.image_size)  # larger files are reduced on reading: memory bounded by the model
+    load = [
+        LoadImaged("image", reader=image_reader(limit), image_only=True, dtype=None),  # dtype: keep the bit depth
+        LoadImaged("mask", reader=image_reader(limit, mask=True), image_only=True, allow_missing_keys=True),
+    ]
     return Compose(
         [
-            load,
+            *load,
             EnsureChannelFirstd(KEYS, allow_missing_keys=True),
             CheckFinited("image"),
             intensity_transform(recipe),

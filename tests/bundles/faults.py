@@ -23,13 +23,11 @@ def _kill(*_) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _partial_then_kill(original, calls_before: int):
-    """Wrap a writer: its ``calls_before + 1``-th call writes a truncated file, then the process dies."""
-    count = {"n": 0}
+def _partial_then_kill(original, when):
+    """Wrap a writer: when ``when(obj)`` holds, it writes a truncated file, then the process dies."""
 
     def writer(obj, target, *args, **kwargs):
-        count["n"] += 1
-        if count["n"] <= calls_before:
+        if not when(obj):
             return original(obj, target, *args, **kwargs)
         if hasattr(target, "write"):
             target.write(b"\0" * 64 if "b" in getattr(target, "mode", "b") else "{")
@@ -55,10 +53,14 @@ def arm(point: str | None, trainer: Engine, evaluator: Engine) -> None:
             engine.add_event_handler(Events.ITERATION_COMPLETED(once=engine.state.iteration + 2), _kill)
 
     elif point == "checkpoint_write":  # while the epoch-2 checkpoint is being written
-        torch.save = _partial_then_kill(torch.save, calls_before=1)
+        def epoch_two(obj) -> bool:
+            trainer_state = obj.get("trainer", {}) if isinstance(obj, dict) else {}
+            return trainer_state.get("iteration", 0) == 2 * trainer_state.get("epoch_length", -1)
+
+        torch.save = _partial_then_kill(torch.save, epoch_two)
     elif point == "calibration":  # training done, calibration not yet stored
         trainer.add_event_handler(Events.COMPLETED, _kill)
     elif point == "evaluation":
         evaluator.add_event_handler(Events.ITERATION_COMPLETED(once=1), _kill)
     else:  # metrics.json being written: everything before it is done
-        metrics_writer.json = types.SimpleNamespace(dump=_partial_then_kill(json.dump, calls_before=0))
+        metrics_writer.json = types.SimpleNamespace(dump=_partial_then_kill(json.dump, lambda obj: True))

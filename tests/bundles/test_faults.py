@@ -53,7 +53,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(point, reference, mvtec_
     assert metrics["train_seconds"] > 0
     (run_,) = _runs(out)  # the resumed run continued the killed run's MLflow run
     assert run_.info.status == "FINISHED"
-    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+    folders = (out, os.path.join(out, "checkpoints"))
+    assert not [n for d in folders for n in os.listdir(d) if n.startswith(("tmp", "."))]  # no half-written file
 
 
 def test_finished_run_is_never_overwritten_by_accident(mvtec_dir, tmp_path):
@@ -78,7 +79,8 @@ def test_killed_run_replaced_with_other_settings_is_marked_killed(mvtec_dir, tmp
     assert replaced.returncode == 0, replaced.stderr[-3000:]
     statuses = {r.data.params["learning_rate"]: r.info.status for r in _runs(out)}
     assert statuses == {"0.001": "KILLED", "0.003": "FINISHED"}
-    assert os.listdir(os.path.join(out, "checkpoints")) == ["checkpoint_epoch=3.pt"]  # the stale one is gone
+    # the killed run's epoch-1 checkpoint is gone; the new run keeps its last two
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt"]
 
 
 def test_two_concurrent_runs_into_one_new_store_are_two_finished_runs(mvtec_dir, tmp_path):

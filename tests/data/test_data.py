@@ -197,3 +197,16 @@ def test_test_split_without_anomalies_is_reported(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         load_datasets(root, Recipe(image_size=16))
     assert "holds only normal images" in caplog.text
+
+
+def test_a_loaded_array_is_named_by_its_file_not_printed():
+    from monai.data import MetaTensor
+
+    from multiad_monai.data.datasets import apply_named
+
+    def fail(item):
+        raise ValueError("expected a 3D volume")
+
+    image = MetaTensor(torch.zeros(2, 4, 4, 4), meta={"filename_or_obj": "/data/scan.nii.gz"})
+    with pytest.raises(ValueError, match=r"^cannot load /data/scan.nii.gz: expected a 3D volume$"):
+        apply_named(fail, {"image": image})

@@ -27,7 +27,7 @@ def brute_force_aupro(maps: np.ndarray, masks: np.ndarray, limit: float = 0.3) -
         j = int(np.argmax(fpr > limit))
         y_limit = pro[j - 1] + (pro[j] - pro[j - 1]) * (limit - fpr[j - 1]) / (fpr[j] - fpr[j - 1])
         x, y = np.r_[x, limit], np.r_[y, y_limit]
-    return float(np.trapezoid(y, x) / limit)
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2) / limit)  # numpy 1.x and 2.x alike
 
 
 @pytest.mark.parametrize("seed", range(6))

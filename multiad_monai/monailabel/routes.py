@@ -1,0 +1,145 @@
+"""Request checks in front of MONAI Label's own endpoints: a bad request gets a 4xx and a message.
+
+MONAI Label 0.8.5 answers an unknown model, an unknown image id or an unreadable volume with HTTP 500 and
+plain text (an unknown image id even reaches the model as an empty path), and starts train and scoring
+subprocesses for models or methods that do not exist. :func:`install` puts routes with the same paths and
+parameters before MONAI Label's: each checks the request, then calls MONAI Label's own endpoint function.
+
+``/infer`` is also served from FastAPI's thread pool instead of the event loop, so the server keeps
+answering other requests while an inference runs (at most ``infer_concurrency`` run at once).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, File, Form, HTTPException, UploadFile
+from monailabel.config import settings
+from monailabel.endpoints import activelearning, scoring, train
+from monailabel.endpoints import infer as infer_endpoint
+from monailabel.endpoints.infer import ResultType
+from monailabel.endpoints.user.auth import RBAC, User
+from monailabel.interfaces.utils.app import app_instance
+
+from multiad_monai.monailabel.infer import InputError, check_infer_params
+from multiad_monai.monailabel.studies import review, select
+from multiad_monai.monailabel.train import check_train_params
+
+if TYPE_CHECKING:
+    from multiad_monai.monailabel.app import MultiADApp
+
+__all__ = ["install"]
+
+logger = logging.getLogger(__name__)
+
+
+def _known(kind: str, name: str, known: list[str]) -> None:
+    if name not in known:
+        raise HTTPException(404, f"unknown {kind} {name!r}; available: {sorted(known)}")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _json_object(text: str | None, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError as e:
+        raise HTTPException(400, f"{what} is not valid JSON ({e}): {text[:200]!r}") from e
+    if not isinstance(value, dict):
+        raise HTTPException(400, f"{what} must be a JSON object, got {text[:200]!r}")
+    return value
+
+
+def run_inference(
+    background_tasks: BackgroundTasks,
+    model: str,
+    image: str = "",
+    session_id: str = "",
+    params: str = Form("{}"),
+    file: UploadFile = File(None),
+    label: UploadFile = File(None),
+    output: ResultType | None = None,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+):
+    app: MultiADApp = app_instance()
+    _known("model", model, list(app.models))
+    if not file and not image and not session_id:
+        raise HTTPException(400, "give an image id (?image=ID), an uploaded file (form field 'file') or a session_id")
+    if image and not file and not session_id and not app.datastore().get_image_uri(image):
+        raise HTTPException(404, f"image {image!r} is not in the datastore (GET /datastore/?output=all lists the ids)")
+    try:
+        check_infer_params(_json_object(params, "params"))
+    except ValueError as e:
+        raise HTTPException(400, str(e)) from e
+    try:
+        return infer_endpoint.run_inference(background_tasks, model, image, session_id, params, file, label, output)
+    except InputError as e:
+        raise HTTPException(422, str(e)) from e
+    except FileNotFoundError as e:  # the model has no checkpoint yet
+        raise HTTPException(409, str(e)) from e
+    except ValueError as e:  # the checkpoint does not load
+        raise HTTPException(500, f"model {model!r} cannot be loaded: {_first_line(e)}") from e
+    except HTTPException:
+        raise
+    except Exception as e:
+        logger.exception(f"inference with {model} failed")
+        raise HTTPException(500, f"inference failed: {type(e).__name__}: {_first_line(e)}") from e
+
+
+async def run_training(
+    model: str,
+    params: dict | None = None,
+    run_sync: bool | None = False,
+    enqueue: bool | None = False,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+):
+    app: MultiADApp = app_instance()
+    _known("model", model, list(app.trainers))
+    try:
+        check_train_params(app.trainers[model].defaults, params or {})
+    except ValueError as e:
+        raise HTTPException(400, str(e)) from e
+    try:
+        select(review(app.datastore()))
+    except ValueError as e:
+        raise HTTPException(409, str(e)) from e
+    return train.run_model(model, params, run_sync, enqueue)
+
+
+async def run_scoring(
+    method: str,
+    params: dict | None = None,
+    run_sync: bool | None = False,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+):
+    _known("scoring method", method, list(app_instance().info()["scoring"]))
+    return scoring.run_method(method, params, run_sync)
+
+
+async def next_sample(
+    strategy: str,
+    params: dict | None = None,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+):
+    app: MultiADApp = app_instance()
+    _known("strategy", strategy, list(app.info()["strategies"]))
+    model = (params or {}).get("model")
+    if model is not None:
+        _known("model", model, list(app.models))
+    return activelearning.sample(strategy, params, user.username)
+
+
+def install(server: FastAPI) -> None:
+    """Serve the checked routes before MONAI Label's routes of the same paths (FastAPI matches in order)."""
+    router = APIRouter(prefix=settings.MONAI_LABEL_API_STR)
+    router.add_api_route("/infer/{model}", run_inference, methods=["POST"], summary="Run inference (checked)")
+    router.add_api_route("/train/{model}", run_training, methods=["POST"], summary="Retrain a model (checked)")
+    router.add_api_route("/scoring/{method}", run_scoring, methods=["POST"], summary="Run scoring (checked)")
+    router.add_api_route("/activelearning/{strategy}", next_sample, methods=["POST"], summary="Next study (checked)")
+    server.router.routes[0:0] = router.routes
+    logger.info("request checks installed before /infer, /train, /scoring and /activelearning")

@@ -1,0 +1,205 @@
+"""MONAI Label train task: retrain a served bundle on the studies marked normal, through its own ``train.json``.
+
+The bundle runs as the README's command, ``python -m monai.bundle run training --config_file
+bundles/<name>/train.json ...``, from the folder holding ``bundles/`` (the bundles refer to ``bundles/common``
+relative to it), with the request's values in an ``--args_file``. Each request gets its own run folder
+``<runs_dir>/<YYYYmmdd-HHMMSS>-<id>/`` (dataset links, checkpoints, ``metrics.json``, overlays, the final
+``model.pt``) and its own MLflow run in ``<runs_dir>/mlruns.db``. The ``run.json`` record is written last, once
+the checkpoint is complete: from then on the app serves that checkpoint (see
+:class:`multiad_monai.monailabel.models.BundleModel`). A failed run leaves no folder behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+from monai.bundle import ConfigParser
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.train import TrainTask
+
+from multiad_monai.monailabel.models import RUN_FILE, BundleModel
+from multiad_monai.monailabel.studies import build_dataset, review
+from multiad_monai.utils import atomic_write
+
+__all__ = ["RetrainTask", "check_train_params", "CLIENT_KEYS", "SHOWN_KEYS"]
+
+logger = logging.getLogger(__name__)
+
+# set by MONAI Label itself or its clients, not bundle keys
+CLIENT_KEYS = {"model", "gpus", "local_rank", "bundle_path", "client_id", "name"}
+# what the viewers show as the trainer's options
+SHOWN_KEYS = ("epochs", "image_size", "batch_size", "learning_rate", "adversarial_weight", "seed")
+# bundle keys the app sets for every run
+RESERVED_KEYS = {
+    "bundle_root", "dataset_dir", "category", "demo_dir", "output_dir", "ckpt_path", "checkpoint_dir", "data_root",
+    "tracking_uri", "experiment_name", "run_name", "resume", "overwrite", "is_main", "imports",
+}  # fmt: skip
+
+
+def _resolve(value: Any, root: str) -> Any:
+    """Follow ``"%bundles/common/train.json#key"`` macros (relative to ``root``) to their value."""
+    while isinstance(value, str) and value.startswith("%"):
+        path, *keys = value[1:].split("#")
+        value = ConfigParser.load_config_file(os.path.join(root, path))
+        for key in keys:
+            value = value[key]
+    return value
+
+
+def bundle_defaults(bundle_dir: str) -> dict[str, Any]:
+    """The plain top-level values of ``train.json`` a request may override (numbers, strings, flags, lists)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(bundle_dir)))
+    config = ConfigParser.load_config_file(os.path.join(bundle_dir, "train.json"))
+    values = {key: _resolve(value, root) for key, value in config.items() if key not in RESERVED_KEYS}
+
+    def plain(value: Any) -> bool:  # a computed scalar ("$...") may be replaced; references and steps may not
+        if isinstance(value, list):
+            return all(plain(v) and not (isinstance(v, str) and v.startswith("$")) for v in value)
+        return isinstance(value, (bool, int, float, type(None))) or isinstance(value, str) and "@" not in value
+
+    return {key: value for key, value in values.items() if plain(value)}
+
+
+def run_quietly(command: list[str], cwd: str) -> tuple[int, str]:
+    """Run ``command``, passing its output on without traceback frames; returns ``(exit code, last line)``.
+
+    MONAI Label shows the task's last output lines to the client: they should end with the error's message.
+    """
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last, in_traceback = "", False
+    for line in process.stdout:
+        line = line.rstrip()
+        if line.startswith("Traceback (most recent call last)"):
+            in_traceback = True
+            continue
+        if in_traceback and (line.startswith(" ") or not line):
+            continue
+        in_traceback = False
+        if line:
+            print(line, flush=True)
+            last = line
+    return process.wait(), last
+
+
+def _same_type(value: Any, default: Any) -> bool:
+    if default is None or isinstance(default, str) and default.startswith("$"):
+        return True  # computed or unset by default: any value the bundle accepts
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def check_train_params(defaults: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """The bundle overrides of a train request, checked against the bundle's own values.
+
+    Raises:
+        ValueError: a key the request may not set, or a value of the wrong type, named with what is accepted.
+    """
+    overrides = {}
+    for key, value in request.items():
+        if key in CLIENT_KEYS:
+            continue
+        if key in RESERVED_KEYS:
+            raise ValueError(f"{key!r} is set by the app for every run and cannot be passed to /train")
+        if key not in defaults:
+            raise ValueError(f"unknown train parameter {key!r}; accepted: {sorted(defaults)}")
+        if not _same_type(value, defaults[key]):
+            raise ValueError(
+                f"train parameter {key!r} must be like the bundle's {defaults[key]!r} "
+                f"({type(defaults[key]).__name__}), got {value!r}"
+            )
+        overrides[key] = value
+    for key in ("epochs", "image_size", "batch_size"):
+        if key in overrides and overrides[key] < (32 if key == "image_size" else 1):
+            raise ValueError(f"train parameter {key!r} is too small: {overrides[key]}")
+    return overrides
+
+
+def _dump(value: Any, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2)
+
+
+class RetrainTask(TrainTask):
+    """``POST /train/<model>``: train the bundle on the datastore's normal studies; the result is served next.
+
+    Args:
+        model: the served bundle.
+    """
+
+    def __init__(self, model: BundleModel) -> None:
+        super().__init__(f"Retrain the {model.name} bundle on the studies marked normal")
+        self.model = model
+        self.defaults = bundle_defaults(model.bundle_dir)
+
+    def config(self) -> dict[str, Any]:
+        return {key: self.defaults[key] for key in SHOWN_KEYS if key in self.defaults}
+
+    def stats(self) -> dict[str, Any]:
+        path = self.model.checkpoint_path()
+        record = os.path.join(os.path.dirname(path), RUN_FILE)
+        if not os.path.isfile(record):
+            return {"ckpt_path": path, "retrained": False}
+        with open(record) as f:
+            return {**json.load(f), "retrained": True}
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        """Run one retraining; returns the run record (also written to ``run.json``).
+
+        Raises:
+            ValueError: bad parameters, too few normal studies, or unusable data (named by the bundle).
+        """
+        overrides = check_train_params(self.defaults, request)
+        name = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        run_dir = os.path.join(self.model.runs_dir, name)
+        os.makedirs(run_dir)
+        try:
+            studies = build_dataset(review(datastore), os.path.join(run_dir, "dataset"))
+            logger.info(f"retraining {self.model.name} in {run_dir} on {studies}")
+            start = time.time()
+            args = {
+                "bundle_root": self.model.bundle_dir,
+                "dataset_dir": os.path.join(run_dir, "dataset"),
+                "output_dir": run_dir,
+                "ckpt_path": os.path.join(run_dir, "model.pt"),
+                "tracking_uri": "sqlite:///" + os.path.join(os.path.abspath(self.model.runs_dir), "mlruns.db"),
+                "run_name": f"{self.model.name}-{name}",
+                **overrides,
+            }
+            _dump(args, os.path.join(run_dir, "args.json"))
+            command = [
+                sys.executable, "-m", "monai.bundle", "run", "training",
+                "--config_file", os.path.join(self.model.bundle_dir, "train.json"),
+                "--args_file", os.path.join(run_dir, "args.json"),
+            ]  # fmt: skip
+            root = os.path.dirname(os.path.dirname(os.path.abspath(self.model.bundle_dir)))
+            code, last_line = run_quietly(command, cwd=root)
+            if code != 0:
+                raise ValueError(f"the {self.model.name} training bundle failed (exit code {code}): {last_line}")
+            metrics_file = os.path.join(run_dir, "metrics.json")
+            metrics = json.load(open(metrics_file)) if os.path.isfile(metrics_file) else {}
+            record = {
+                "run": name,
+                "ckpt_path": os.path.join(run_dir, "model.pt"),
+                "studies": studies,
+                "params": overrides,
+                "metrics": metrics,
+                "seconds": round(time.time() - start, 1),
+            }
+            # the new checkpoint is served from here on
+            atomic_write(os.path.join(run_dir, RUN_FILE), lambda tmp: _dump(record, tmp))
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        logger.info(f"retrained {self.model.name}: {record['ckpt_path']} {metrics}")
+        return record
