@@ -2,5 +2,6 @@ from .calibration import CalibrationHandler
 from .checkpoints import AtomicCheckpointSaver, clear_checkpoints, last_checkpoint
 from .evaluation_report import EvaluationReport
 from .metrics_writer import MetricsJSONWriter, write_json_atomic
+from .mlflow_tags import RunTracker, dataset_fingerprint, run_tags
 from .overlays import OverlaySaver
 from .run_state import PruneStaleCheckpoints, TrainingRunState, check_before_training, create_tracking_store
