@@ -53,6 +53,7 @@ def arm(point: str | None, trainer: Engine, evaluator: Engine) -> None:
             engine.add_event_handler(Events.ITERATION_COMPLETED(once=engine.state.iteration + 2), _kill)
 
     elif point == "checkpoint_write":  # while the epoch-2 checkpoint is being written
+
         def epoch_two(obj) -> bool:
             trainer_state = obj.get("trainer", {}) if isinstance(obj, dict) else {}
             return trainer_state.get("iteration", 0) == 2 * trainer_state.get("epoch_length", -1)
