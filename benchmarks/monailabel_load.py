@@ -6,7 +6,7 @@ and reports whether all were answered, their latency (p50 / p95 / max), how fast
 meanwhile, and the server's memory (RSS of its process) before, at the peak during and after the load. The
 server is stopped by its PID at the end.
 
-    python benchmarks/monailabel_load.py --ckpt_path bundles/brain/models/model.pt --requests 20 \\
+    python benchmarks/monailabel_load.py --ckpt_path bundles/brain/outputs/model.pt --requests 20 \\
         --shape 96 96 64 --output load.json
 
 Numbers from a shared machine are indicative only.

@@ -6,7 +6,7 @@ Configuration (``--conf KEY VALUE`` of ``python -m monailabel.main start_server`
 - ``bundles_dir``: the folder holding ``<name>/train.json``, used to retrain (default: this repository's
   ``bundles/``); inference needs only the checkpoint, which carries its recipe;
 - ``<name>_ckpt_path``: the checkpoint served until a retrain run finishes (default: the bundle's
-  ``models/model.pt``);
+  ``outputs/model.pt``, where its training bundle writes it);
 - ``runs_dir``: where retrain runs are written, ``<runs_dir>/<name>/<run>/`` (default: the app's ``model/``);
 - ``device``: ``cpu``, ``cuda``, ... (default: ``cuda`` when available);
 - ``infer_concurrency``: inferences run at once, the others wait (default 1);
@@ -61,7 +61,7 @@ class MultiADApp(MONAILabelApp):
             name: BundleModel(
                 name,
                 os.path.join(bundles_dir, name),
-                conf.get(f"{name}_ckpt_path") or os.path.join(bundles_dir, name, "models", "model.pt"),
+                conf.get(f"{name}_ckpt_path") or os.path.join(bundles_dir, name, "outputs", "model.pt"),
                 os.path.join(runs_dir, name),
                 device,
                 batch_size,
