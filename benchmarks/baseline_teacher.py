@@ -69,7 +69,7 @@ def main() -> None:
     }
     print(json.dumps(metrics, indent=2))
     if args.output:
-        with open(args.output, "w") as f:
+        with open(args.output, "w", encoding="utf-8") as f:
             json.dump(metrics, f, indent=2)
 
 

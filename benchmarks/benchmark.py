@@ -195,7 +195,7 @@ def main() -> dict:
     result.update(benchmark_training(network, args, device))
     print(json.dumps(result, indent=2))
     if args.output:
-        with open(args.output, "w") as f:
+        with open(args.output, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
     return result
 

@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         delete_leftovers(client, args.experiment_name, run)
         log_path = os.path.join(output_dir, "logs", run.name.replace("/", "__") + ".log")
         t = time.perf_counter()
-        with open(log_path, "w") as log:
+        with open(log_path, "w", encoding="utf-8") as log:
             code = subprocess.call(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         status = "ok" if code == 0 else f"FAILED (exit {code}, see {log_path})"
         print(f"[{i}/{len(runs)}] {run.name}: {status} in {time.perf_counter() - t:.0f} s", flush=True)

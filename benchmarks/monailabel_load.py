@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--conf", "device", args.device, "--conf", "infer_concurrency", str(args.infer_concurrency),
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
-    log = open(os.path.join(work, "server.log"), "w")
+    log = open(os.path.join(work, "server.log"), "w", encoding="utf-8")
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.time() + 300
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(summary, indent=2))
     if args.output:
-        with open(args.output, "w") as f:
+        with open(args.output, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
     return summary
 

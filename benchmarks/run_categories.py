@@ -46,13 +46,13 @@ def run_category(config_file: str, dataset_dir: str, category: str, output_dir: 
         command += ["--category", category]
     os.makedirs(out, exist_ok=True)
     start = time.perf_counter()
-    with open(os.path.join(out, "run.log"), "w") as log:
+    with open(os.path.join(out, "run.log"), "w", encoding="utf-8") as log:
         # a fresh process per category: getrusage(RUSAGE_CHILDREN) then reports the largest child's peak RSS
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     if code != 0:
         raise RuntimeError(f"category {category!r} failed (exit {code}); see {os.path.join(out, 'run.log')}")
-    with open(os.path.join(out, "metrics.json")) as f:
+    with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
         metrics = json.load(f)
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     names = categories(args.dataset_dir, args.category.split(",") if "," in args.category else args.category)
     rows = [run_category(args.config_file, args.dataset_dir, c, args.output_dir, extra) for c in names]
     columns = ["category", *METRICS, "train_seconds", "wall_seconds", "peak_rss_mb_so_far", "n_train", "n_test"]
-    with open(os.path.join(args.output_dir, "summary.csv"), "w", newline="") as f:
+    with open(os.path.join(args.output_dir, "summary.csv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)

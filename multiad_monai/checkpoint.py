@@ -115,11 +115,10 @@ def _summary(keys: Sequence[str], n: int = 4) -> str:
 
 def _check_fits(state: Mapping[str, Any], network: MultiAD, ckpt_path: str, require_calibrated: bool) -> None:
     expected = network.state_dict()
-    missing = [k for k in expected if k not in state and k != RECIPE_KEY]
+    tensors = [k for k in expected if k != RECIPE_KEY]
+    missing = [k for k in tensors if k not in state]
     unexpected = [k for k in state if k not in expected]
-    reshaped = [
-        k for k in expected if k in state and k != RECIPE_KEY and state[k].shape != expected[k].shape
-    ]  # fmt: skip
+    reshaped = [k for k in tensors if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or reshaped:
         guess = _guess_teacher(list(state))
         differences = (("missing keys:", missing), ("unexpected keys:", unexpected), ("other shapes:", reshaped))

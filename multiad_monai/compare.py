@@ -405,7 +405,7 @@ def loss_chart(
 
 
 def _write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence]) -> str:
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
@@ -539,7 +539,7 @@ def compare(
             *[f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in charts],
         ]
     )
-    with open(os.path.join(output_dir, "comparison.md"), "w") as f:
+    with open(os.path.join(output_dir, "comparison.md"), "w", encoding="utf-8") as f:
         f.write(markdown + "\n")
     page = _html_page(
         title,
@@ -550,7 +550,7 @@ def compare(
         ],
         charts,
     )
-    with open(os.path.join(output_dir, "comparison.html"), "w") as f:
+    with open(os.path.join(output_dir, "comparison.html"), "w", encoding="utf-8") as f:
         f.write(page)
     files += [os.path.join(output_dir, "comparison.md"), os.path.join(output_dir, "comparison.html"), *charts]
     result = Comparison(runs, columns, param_columns, groups, shown, domain_rows, files, markdown=markdown)

@@ -210,7 +210,7 @@ class AnomalyInferer:
             names = output_names(paths)
             rows = self._write_images(paths, names, staging) + self._write_volumes(paths, names, staging)
             rows.sort(key=lambda row: paths.index(row["image"]))
-            with open(os.path.join(staging, "scores.csv"), "w", newline="") as f:
+            with open(os.path.join(staging, "scores.csv"), "w", newline="", encoding="utf-8") as f:
                 writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
                 writer.writeheader()
                 writer.writerows(rows)
@@ -251,7 +251,7 @@ class AnomalyInferer:
             nib.save(nifti, os.path.join(out, f"{stem}_map.nii.gz"))
             Image.fromarray(prediction.worst_slice_overlay).save(os.path.join(out, f"{stem}_overlay.png"))
             slice_rows = [self._row(str(i), float(score)) for i, score in enumerate(prediction.slice_scores)]
-            with open(os.path.join(out, f"{stem}_slices.csv"), "w", newline="") as f:
+            with open(os.path.join(out, f"{stem}_slices.csv"), "w", newline="", encoding="utf-8") as f:
                 writer = csv.DictWriter(f, fieldnames=["slice", "score", "normalized_score", "is_anomalous"])
                 writer.writeheader()
                 writer.writerows({"slice": r.pop("image"), **r} for r in slice_rows if not r.pop("top_slices"))

@@ -173,7 +173,7 @@ def log_pyfunc_model(
     with _fluent_tracking_uri(tracking_uri):
         with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
             entry = os.path.join(tmp, "multiad_pyfunc.py")
-            with open(entry, "w") as f:
+            with open(entry, "w", encoding="utf-8") as f:
                 f.write(_ENTRY_POINT)
             with warnings.catch_warnings():  # no input example: inputs are file paths on the caller's machine
                 warnings.filterwarnings("ignore", message=".*input[ _]example.*", category=UserWarning)

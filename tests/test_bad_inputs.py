@@ -158,7 +158,16 @@ def test_the_last_lines_a_user_sees_say_what_is_wrong(tmp_path):
 
 def test_a_path_starting_with_dollar_gets_a_hint(tmp_path):
     command = bundle_command("brain", "training", str(tmp_path / "out"), "--dataset_dir", "$HOME/data")
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+        env=dict(os.environ),
+    )
     assert result.returncode != 0
     assert (
         "starts with '$' is Python" in result.stderr.strip().splitlines()[-3] + result.stderr.strip().splitlines()[-2]

@@ -188,7 +188,7 @@ def test_pyfunc_model_in_a_fresh_process_scores_as_the_inference_bundle(store, t
         bundle = {row["image"]: row for row in csv.DictReader(f)}
     result = subprocess.run(
         [sys.executable, "-c", PREDICT, store.uri, f"runs:/{run.info.run_id}/model", REGISTERED, json.dumps(images)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     predicted = json.loads(result.stdout.strip().splitlines()[-1])

@@ -103,6 +103,8 @@ def consumer_run(exported, tmp_path_factory) -> tuple[dict, dict, dict]:
         cwd=folder,
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -229,7 +229,7 @@ class EvaluationReport:
         header += ["slice_index"] if with_slices else []
 
         def write(tmp: str) -> None:
-            with open(tmp, "w", newline="") as f:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f)
                 writer.writerow(header)
                 for i, (name, label, score) in enumerate(zip(self.names, labels.tolist(), scores.tolist())):

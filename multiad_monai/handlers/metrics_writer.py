@@ -20,7 +20,7 @@ def write_json_atomic(path: str, content: Any) -> None:
     """Write ``content`` as JSON with :func:`multiad_monai.utils.atomic_write`: readers never see half a file."""
 
     def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(content, f, indent=2)
 
     atomic_write(path, write)

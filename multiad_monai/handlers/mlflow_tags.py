@@ -67,7 +67,15 @@ def git_commit(path: str | None = None) -> tuple[str, bool] | None:
     path = path or os.path.dirname(os.path.dirname(os.path.abspath(multiad_monai.__file__)))
 
     def git(*args: str) -> str:
-        result = subprocess.run(["git", "-C", path, *args], capture_output=True, text=True, timeout=10, check=True)
+        result = subprocess.run(
+            ["git", "-C", path, *args],
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=10,
+            check=True,
+        )
         return result.stdout.strip()
 
     try:

@@ -91,7 +91,7 @@ class BundleModel:
         for run in reversed(runs):
             record = os.path.join(self.runs_dir, run, RUN_FILE)
             if os.path.isfile(record):
-                with open(record) as f:
+                with open(record, encoding="utf-8") as f:
                     path = json.load(f)["ckpt_path"]
                 if os.path.isfile(path):
                     return path

@@ -73,7 +73,15 @@ def run_quietly(command: list[str], cwd: str) -> tuple[int, str]:
 
     MONAI Label shows the task's last output lines to the client: they should end with the error's message.
     """
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
     last, in_traceback = "", False
     for line in process.stdout:
         line = line.rstrip()
@@ -126,7 +134,7 @@ def check_train_params(defaults: dict[str, Any], request: dict[str, Any]) -> dic
 
 
 def _dump(value: Any, path: str) -> None:
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(value, f, indent=2)
 
 
@@ -150,7 +158,7 @@ class RetrainTask(TrainTask):
         record = os.path.join(os.path.dirname(path), RUN_FILE)
         if not os.path.isfile(record):
             return {"ckpt_path": path, "retrained": False}
-        with open(record) as f:
+        with open(record, encoding="utf-8") as f:
             return {**json.load(f), "retrained": True}
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
@@ -187,7 +195,7 @@ class RetrainTask(TrainTask):
             if code != 0:
                 raise ValueError(f"the {self.model.name} training bundle failed (exit code {code}): {last_line}")
             metrics_file = os.path.join(run_dir, "metrics.json")
-            metrics = json.load(open(metrics_file)) if os.path.isfile(metrics_file) else {}
+            metrics = json.load(open(metrics_file, encoding="utf-8")) if os.path.isfile(metrics_file) else {}
             record = {
                 "run": name,
                 "ckpt_path": os.path.join(run_dir, "model.pt"),

@@ -45,4 +45,6 @@ def bundle_command(bundle: str, run_id: str, out: str, *args: str, configs=("tra
 
 
 def run(command: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout
+    )
