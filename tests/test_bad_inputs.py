@@ -113,11 +113,11 @@ def test_cheap_checks_name_the_key(mvtec_dir, tmp_path, overrides, message):
 
 
 def test_output_dir_that_is_a_file_is_refused(mvtec_dir, tmp_path):
-    (tmp_path / "out").write_text("not a folder")
+    (tmp_path / "out").write_text("not a folder", encoding="utf-8")
     with pytest.raises(Exception) as error:
         run_in_process("brain", "training", dataset_dir=mvtec_dir, output_dir=str(tmp_path / "out"), image_size=32)
     assert "is a file, not a folder" in _chain_text(error.value)
-    assert (tmp_path / "out").read_text() == "not a folder"
+    assert (tmp_path / "out").read_text(encoding="utf-8") == "not a folder"
 
 
 def test_too_few_training_images_names_the_minimum(tmp_path, caplog):

@@ -136,15 +136,15 @@ def test_compare_writes_csv_html_charts_and_logs_a_comparison_run(store, compari
     for name in files:
         if name.endswith(".png"):
             assert open(files[name], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    page = open(files["comparison.html"]).read()
+    page = open(files["comparison.html"], encoding="utf-8").read()
     assert page.count("data:image/png;base64,") == 4 and "src='chart" not in page  # self-contained
     assert "adversarial_weight" in page and "Industrial mean" in page
-    with open(files["groups.csv"]) as f:
+    with open(files["groups.csv"], encoding="utf-8") as f:
         groups = list(csv.DictReader(f))
     for row, group in zip(groups, comparison.groups):
         assert float(row["image_auroc_mean"]) == pytest.approx(group.stats("image_auroc")[0])
         assert float(row["image_auroc_std"]) == pytest.approx(group.stats("image_auroc")[1])
-    with open(files["runs.csv"]) as f:
+    with open(files["runs.csv"], encoding="utf-8") as f:
         assert len(list(csv.DictReader(f))) == 4
     run = store.client.get_run(comparison.run_id)
     assert run.data.tags["run_type"] == "comparison" and run.data.params["n_runs"] == "4"
@@ -184,7 +184,7 @@ def test_pyfunc_model_in_a_fresh_process_scores_as_the_inference_bundle(store, t
         [bundle_file("mvtec", "inference.json")], input_path=os.path.join(store.data, "test", "scratch"),
         output_dir=str(tmp_path / "bundle"), ckpt_path=str(store.root / "runs" / "multiad_0" / "model.pt"),
     )  # fmt: skip
-    with open(tmp_path / "bundle" / "scores.csv") as f:
+    with open(tmp_path / "bundle" / "scores.csv", encoding="utf-8") as f:
         bundle = {row["image"]: row for row in csv.DictReader(f)}
     result = subprocess.run(
         [sys.executable, "-c", PREDICT, store.uri, f"runs:/{run.info.run_id}/model", REGISTERED, json.dumps(images)],
@@ -214,7 +214,7 @@ def _free_port() -> int:
 
 def test_mlflow_server_serves_runs_registered_model_and_comparison(store, comparison, tmp_path):
     port = _free_port()
-    log = open(tmp_path / "server.log", "w")
+    log = open(tmp_path / "server.log", "w", encoding="utf-8")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.uri, "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],
@@ -229,7 +229,9 @@ def test_mlflow_server_serves_runs_registered_model_and_comparison(store, compar
                     break
             except requests.ConnectionError:
                 pass
-            assert server.poll() is None and time.monotonic() < deadline, open(tmp_path / "server.log").read()[-3000:]
+            assert server.poll() is None and time.monotonic() < deadline, open(
+                tmp_path / "server.log", encoding="utf-8"
+            ).read()[-3000:]
             time.sleep(0.5)
         experiment = requests.get(
             f"{base}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": EXPERIMENT}

@@ -43,7 +43,7 @@ def test_2d_inputs_give_maps_overlays_and_csv(inferer, tmp_path):
     for stem, size in sizes.items():
         assert np.load(tmp_path / "out" / f"{stem}_map.npy").shape == size
         assert Image.open(tmp_path / "out" / f"{stem}_overlay.png").size == size[::-1]
-    with open(tmp_path / "out" / "scores.csv") as f:
+    with open(tmp_path / "out" / "scores.csv", encoding="utf-8") as f:
         table = list(csv.DictReader(f))
     assert [r["image"] for r in table] == paths
     for r in table:

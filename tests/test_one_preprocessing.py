@@ -106,9 +106,9 @@ def test_model_trained_on_data_prep_pngs_scores_the_original_nifti_like_the_pngs
     predictions = str(tmp_path / "predictions")
     for source in (str(volumes / "case3.nii.gz"), str(root / "test" / "good")):
         run_in_process("brain", None, ("inference.json",), ckpt_path=ckpt, input_path=source, output_dir=predictions)
-    with open(os.path.join(predictions, "scores.csv")) as f:
+    with open(os.path.join(predictions, "scores.csv"), encoding="utf-8") as f:
         png_scores = {os.path.basename(r["image"]): float(r["score"]) for r in csv.DictReader(f)}
-    with open(os.path.join(predictions, "case3_slices.csv")) as f:
+    with open(os.path.join(predictions, "case3_slices.csv"), encoding="utf-8") as f:
         slice_scores = {int(r["slice"]): float(r["score"]) for r in csv.DictReader(f)}
     assert len(slice_scores) == 8 and set(png_scores) == {f"case3_{k:03d}.png" for k in range(8)}
     for k, score in slice_scores.items():

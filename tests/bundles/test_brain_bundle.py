@@ -44,7 +44,7 @@ def trained(tmp_path_factory, mvtec_dir):
 
 
 def test_training_writes_metrics_checkpoint_and_overlays(trained):
-    metrics = json.load(open(os.path.join(trained, "metrics.json")))
+    metrics = json.load(open(os.path.join(trained, "metrics.json"), encoding="utf-8"))
     assert set(metrics) == METRIC_KEYS
     assert metrics["n_train"] + 2 == 12 and metrics["n_test"] == 8  # two normal images held out for calibration
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max"))
@@ -79,8 +79,8 @@ def test_evaluate_rebuilds_the_recipe_from_the_checkpoint(trained, mvtec_dir, tm
     ckpt = os.path.join(trained, "model.pt")
     configs = ("train.json", "evaluate.json")
     run_in_process("brain", None, configs, dataset_dir=mvtec_dir, ckpt_path=ckpt, output_dir=out)
-    evaluated = json.load(open(os.path.join(out, "metrics.json")))
-    trained_metrics = json.load(open(os.path.join(trained, "metrics.json")))
+    evaluated = json.load(open(os.path.join(out, "metrics.json"), encoding="utf-8"))
+    trained_metrics = json.load(open(os.path.join(trained, "metrics.json"), encoding="utf-8"))
     for key in ("image_auroc", "pixel_auroc", "pixel_aupro"):
         assert evaluated[key] == pytest.approx(trained_metrics[key], abs=1e-6)
     assert {"per_image.csv", "roc_curve.png", "pro_curve.png", "worst_cases.png"} <= set(os.listdir(out))
@@ -148,7 +148,7 @@ def test_killed_run_resumes_from_last_epoch(volumes_dir, tmp_path):
     assert f"Restored all variables from {os.path.join(out, 'checkpoints', f'checkpoint_epoch={done}.pt')}" in log
     assert f"Epoch[{done + 1}] Complete" in log and "Epoch[1] Complete" not in log.split("MultiADEvaluator")[0]
     assert last_checkpoint(os.path.join(out, "checkpoints")).endswith("checkpoint_epoch=12.pt")
-    assert set(json.load(open(os.path.join(out, "metrics.json")))) == METRIC_KEYS
+    assert set(json.load(open(os.path.join(out, "metrics.json"), encoding="utf-8"))) == METRIC_KEYS
 
 
 def test_two_process_ddp_training_on_cpu(mvtec_dir, tmp_path):
@@ -175,7 +175,7 @@ def test_two_process_ddp_training_on_cpu(mvtec_dir, tmp_path):
     checksums = dict(re.findall(r"rank (\d) student checksum (\S+)", log))
     assert set(checksums) == {"0", "1"} and checksums["0"] == checksums["1"]
     assert log.count("metrics written to") == 1
-    assert set(json.load(open(os.path.join(out, "metrics.json")))) == METRIC_KEYS
+    assert set(json.load(open(os.path.join(out, "metrics.json"), encoding="utf-8"))) == METRIC_KEYS
     client = mlflow.MlflowClient(tracking_uri="sqlite:///" + os.path.join(out, "mlruns.db"))
     assert len(client.search_runs([client.get_experiment_by_name("multiad_brain").experiment_id])) == 1
     network = load_model(os.path.join(out, "model.pt"))  # no "module." prefixes

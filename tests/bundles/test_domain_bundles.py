@@ -31,10 +31,10 @@ def test_mvtec_category_and_image_level_set(tmp_path):
     run_in_process(
         "mvtec", "training", dataset_dir=str(root), category="paper_a", output_dir=str(tmp_path / "a"), **TINY
     )
-    assert PIXEL <= set(json.load(open(tmp_path / "a" / "metrics.json")))
+    assert PIXEL <= set(json.load(open(tmp_path / "a" / "metrics.json", encoding="utf-8")))
     assert load_model(str(tmp_path / "a" / "model.pt")).recipe.intensity == "dtype"
     run_in_process("mvtec", "training", dataset_dir=str(root), category="xray", output_dir=str(tmp_path / "x"), **TINY)
-    metrics = json.load(open(tmp_path / "x" / "metrics.json"))
+    metrics = json.load(open(tmp_path / "x" / "metrics.json", encoding="utf-8"))
     assert "image_auroc" in metrics and not PIXEL & set(metrics)  # absent, not zero
 
 
@@ -43,7 +43,7 @@ def test_liver_bundle_on_raw_ct_volumes(tmp_path):
     out = str(tmp_path / "out")
     overrides = {"intensity": "hu", "organ_labels": [1], "lesion_labels": [2], "calibration_fraction": 0.5}
     run_in_process("liver", "training", dataset_dir=root, output_dir=out, **overrides, **TINY)
-    metrics = json.load(open(tmp_path / "out" / "metrics.json"))
+    metrics = json.load(open(tmp_path / "out" / "metrics.json", encoding="utf-8"))
     assert metrics["n_test"] == 12 and PIXEL <= set(metrics)
     recipe = load_model(out + "/model.pt").recipe
     assert recipe.intensity == "hu" and recipe.organ_labels == (1,) and recipe.hu_window == (-200.0, 250.0)
@@ -52,7 +52,7 @@ def test_liver_bundle_on_raw_ct_volumes(tmp_path):
 def test_oct_bundle_pads_wide_scans(tmp_path):
     root = write_mvtec(str(tmp_path / "oct"), width=96)
     run_in_process("oct", "training", dataset_dir=root, output_dir=str(tmp_path / "out"), **TINY)
-    assert json.load(open(tmp_path / "out" / "metrics.json"))["n_test"] == 8
+    assert json.load(open(tmp_path / "out" / "metrics.json", encoding="utf-8"))["n_test"] == 8
     client = mlflow.MlflowClient(tracking_uri="sqlite:///" + str(tmp_path / "out" / "mlruns.db"))
     (run_,) = client.search_runs([client.get_experiment_by_name("multiad_oct").experiment_id])
     assert run_.data.params["resize_mode"] == "pad" and run_.data.params["percentiles"] == "[1.0, 99.0]"

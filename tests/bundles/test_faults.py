@@ -34,7 +34,7 @@ def reference(tmp_path_factory, mvtec_dir) -> dict:
     """An uninterrupted run with the same seed."""
     out = str(tmp_path_factory.mktemp("reference"))
     run_in_process("brain", "training", dataset_dir=mvtec_dir, output_dir=out, epochs=3, image_size=32, batch_size=4)
-    return json.load(open(os.path.join(out, "metrics.json")))
+    return json.load(open(os.path.join(out, "metrics.json"), encoding="utf-8"))
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -49,7 +49,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(point, reference, mvtec_
 
     resumed = _train(out, mvtec_dir, "--resume", "true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    metrics = json.load(open(os.path.join(out, "metrics.json"), encoding="utf-8"))
     for key in METRICS:
         assert metrics[key] == pytest.approx(reference[key], abs=1e-6), key
     assert metrics["train_seconds"] > 0

@@ -65,7 +65,7 @@ def run_report(tmp_path, network: MultiAD, batches: list[dict], **kwargs) -> Eva
 
 
 def read_rows(tmp_path) -> list[dict]:
-    with open(tmp_path / "per_image.csv", newline="") as f:
+    with open(tmp_path / "per_image.csv", newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 

@@ -33,7 +33,7 @@ def test_metrics_writer_drops_nan_and_adds_extra(tmp_path):
     engine = Engine(lambda e, b: None)
     engine.state.metrics = {"image_auroc": 0.9, "pixel_auroc": float("nan")}
     MetricsJSONWriter(str(tmp_path), extra=lambda: {"n_test": 3})(engine)
-    assert json.loads((tmp_path / "metrics.json").read_text()) == {"image_auroc": 0.9, "n_test": 3}
+    assert json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8")) == {"image_auroc": 0.9, "n_test": 3}
 
 
 def test_atomic_json_leaves_nothing_half_written(tmp_path):
@@ -41,7 +41,7 @@ def test_atomic_json_leaves_nothing_half_written(tmp_path):
     write_json_atomic(str(path), {"a": 1})
     with pytest.raises(TypeError):
         write_json_atomic(str(path), {"a": object()})
-    assert json.loads(path.read_text()) == {"a": 1}
+    assert json.loads(path.read_text(encoding="utf-8")) == {"a": 1}
     assert os.listdir(tmp_path) == ["m.json"]
 
 

@@ -76,7 +76,7 @@ class Server:
         return requests.put(self.url + path, timeout=60, **kwargs)
 
     def log_tail(self) -> str:
-        with open(self.log) as f:
+        with open(self.log, encoding="utf-8") as f:
             return f.read()[-4000:]
 
 
@@ -99,7 +99,7 @@ def server(tmp_path_factory, checkpoint):
         "--conf", "mvtec_ckpt_path", checkpoint, "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     log = str(root / "server.log")
-    with open(log, "w") as out:
+    with open(log, "w", encoding="utf-8") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", app, studies, process, log)
     try:
@@ -166,7 +166,7 @@ def test_info_lists_models_trainers_triage_and_binds_to_localhost(server, checkp
     assert sorted(info["trainers"]) == ["brain", "mvtec"] and info["trainers"]["brain"]["config"]["epochs"] == 8
     assert "most_anomalous" in info["strategies"] and "anomaly_score" in info["scoring"]
     assert info["datastore"]["total"] == 9
-    with open(server.log) as f:
+    with open(server.log, encoding="utf-8") as f:
         assert f"Uvicorn running on {server.url}" in f.read()  # bound to the loopback address only
 
 
