@@ -18,7 +18,7 @@ from multiad_monai.networks import MultiAD
 from multiad_monai.recipe import Recipe
 from multiad_monai.transforms import image_transform
 from multiad_monai.utils import root_message
-from tests.bundles.helpers import ROOT, bundle_command, run, run_in_process
+from tests.bundles.helpers import ROOT, bundle_command, error_chain, run, run_in_process
 from tests.conftest import write_mvtec, write_volumes
 
 
@@ -28,14 +28,6 @@ def inferer() -> AnomalyInferer:
     network = MultiAD(image_size=32, intensity="dtype")
     network.calibrate(torch.rand(4) + 1, torch.rand(4, 1, 32, 32))
     return AnomalyInferer(network, batch_size=2)
-
-
-def _chain_text(error: BaseException) -> str:
-    texts = []
-    while error is not None:
-        texts.append(str(error))
-        error = error.__cause__ or error.__context__
-    return "\n".join(texts)
 
 
 def test_palette_png_is_decoded_through_its_palette(tmp_path):
@@ -108,7 +100,7 @@ def test_cheap_checks_name_the_key(mvtec_dir, tmp_path, overrides, message):
     args = {"dataset_dir": mvtec_dir, "output_dir": str(tmp_path / "out"), "image_size": 32, **overrides}
     with pytest.raises(Exception) as error:
         run_in_process("brain", "training", **args)
-    assert message in _chain_text(error.value)
+    assert message in error_chain(error.value)
     assert not os.path.exists(tmp_path / "out" / "model.pt")
 
 
@@ -116,7 +108,7 @@ def test_output_dir_that_is_a_file_is_refused(mvtec_dir, tmp_path):
     (tmp_path / "out").write_text("not a folder", encoding="utf-8")
     with pytest.raises(Exception) as error:
         run_in_process("brain", "training", dataset_dir=mvtec_dir, output_dir=str(tmp_path / "out"), image_size=32)
-    assert "is a file, not a folder" in _chain_text(error.value)
+    assert "is a file, not a folder" in error_chain(error.value)
     assert (tmp_path / "out").read_text(encoding="utf-8") == "not a folder"
 
 
@@ -139,7 +131,7 @@ def test_uncalibrated_or_corrupt_checkpoint_is_refused_before_evaluation(mvtec_d
                 "brain", None, ("train.json", "evaluate.json"), dataset_dir=mvtec_dir, ckpt_path=ckpt,
                 output_dir=str(tmp_path / "eval"),
             )  # fmt: skip
-        assert f"{ckpt} {message}" in _chain_text(error.value)
+        assert f"{ckpt} {message}" in error_chain(error.value)
         assert not os.path.exists(tmp_path / "eval" / "metrics.json")
 
 

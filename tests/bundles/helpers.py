@@ -44,6 +44,15 @@ def bundle_command(bundle: str, run_id: str, out: str, *args: str, configs=("tra
     ]  # fmt: skip
 
 
+def error_chain(error: BaseException | None) -> str:
+    """Every message of an exception and its causes (the bundle parser wraps the real error)."""
+    messages = []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(messages)
+
+
 def run(command: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout

@@ -20,20 +20,11 @@ import torch
 
 from multiad_monai.checkpoint import load_model
 from multiad_monai.handlers import last_checkpoint
-from tests.bundles.helpers import ROOT, bundle_command, run, run_in_process
+from tests.bundles.helpers import ROOT, bundle_command, error_chain, run, run_in_process
 
 TINY = {"image_size": 32, "batch_size": 4, "num_overlays": 2}
 TINY_ARGS = ["--image_size", "32", "--batch_size", "4", "--num_overlays", "2"]
 METRIC_KEYS = {"image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "train_seconds", "n_train", "n_test"}
-
-
-def error_chain(error: BaseException) -> str:
-    """Every message of an exception and its causes (the bundle parser wraps the real error)."""
-    messages = []
-    while error is not None:
-        messages.append(str(error))
-        error = error.__cause__ or error.__context__
-    return "\n".join(messages)
 
 
 @pytest.fixture(scope="module")
