@@ -46,7 +46,7 @@ def test_converted_folders_load(prepared, request):
 
 def _corrupt_png(root: str) -> str:
     path = f"{root}/test/Ungood/img/test_011.png"
-    with open(path, "r+b", encoding="utf-8") as f:
+    with open(path, "r+b") as f:
         f.seek(40)
         f.write(b"\0" * 200)  # a damaged image stream: the header still opens, decoding fails
     return path
