@@ -1,5 +1,5 @@
 from .calibration import CalibrationHandler
-from .checkpoints import AtomicCheckpointSaver, clear_checkpoints, last_checkpoint
+from .checkpoints import AtomicCheckpointSaver, last_checkpoint
 from .evaluation_report import EvaluationReport
 from .metrics_writer import MetricsJSONWriter, write_json_atomic
 from .mlflow_tags import RunTracker, dataset_fingerprint, run_tags

@@ -1,4 +1,4 @@
-"""Finding and clearing the per-epoch training checkpoints written by ``monai.handlers.CheckpointSaver``."""
+"""Finding the per-epoch training checkpoints written by ``monai.handlers.CheckpointSaver``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from monai.handlers import CheckpointSaver
 
 from multiad_monai.upstream import enable_atomic_save
 
-__all__ = ["AtomicCheckpointSaver", "last_checkpoint", "clear_checkpoints"]
+__all__ = ["AtomicCheckpointSaver", "last_checkpoint"]
 
 
 def _epoch(path: str) -> int:
@@ -22,12 +22,6 @@ def last_checkpoint(checkpoint_dir: str) -> str | None:
     """The checkpoint of the latest completed epoch in ``checkpoint_dir``, or None."""
     paths = [p for p in glob.glob(os.path.join(checkpoint_dir, "*epoch=*.pt")) if _epoch(p) >= 0]
     return max(paths, key=_epoch) if paths else None
-
-
-def clear_checkpoints(checkpoint_dir: str) -> None:
-    """Remove epoch checkpoints of an earlier run, so a fresh run never resumes from them by mistake."""
-    for path in glob.glob(os.path.join(checkpoint_dir, "*epoch=*.pt")):
-        os.remove(path)
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
