@@ -190,6 +190,8 @@ def upgrade(ckpt_path: str, output: str, recipe: Recipe) -> str:
             f"{ckpt_path} was calibrated at image_size {tuple(input_size.tolist())}, the recipe says "
             f"{recipe.image_size}: pass --image_size {int(input_size[0])}"
         )
+    # checkpoints without a recipe predate the teacher prior and the SE switch: their map is the student's alone
+    recipe = recipe.replace(prior_weight=0.0, student_se=True)
     network = MultiAD(recipe, pretrained_teacher=False)
     state[RECIPE_KEY] = network.get_extra_state()
     _check_fits(state, network, ckpt_path, require_calibrated=True)

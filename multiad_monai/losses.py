@@ -14,19 +14,34 @@ __all__ = ["DistillationLoss", "AdversarialLoss"]
 class DistillationLoss(nn.Module):
     """Mean ``1 - cos(teacher, student)`` over pixels, averaged over scales.
 
+    With ``hard_ratio`` each scale's loss is half the mean and half the mean of its ``hard_ratio`` largest
+    distances in the batch (hard-feature mining): the student keeps learning the rare normal structures it
+    still gets wrong after the common ones are matched, instead of being scored on them as anomalies.
+
     Args:
         weights: optional per-scale weights (default: equal).
+        hard_ratio: share of the hardest positions given half the weight (0: plain mean).
     """
 
-    def __init__(self, weights: list[float] | None = None) -> None:
+    def __init__(self, weights: list[float] | None = None, hard_ratio: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= hard_ratio <= 1.0:
+            raise ValueError(f"hard_ratio must be in [0, 1], got {hard_ratio}")
         self.weights = weights
+        self.hard_ratio = hard_ratio
+
+    def _scale_loss(self, teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+        distance = cosine_distance(teacher, student)
+        if not self.hard_ratio:
+            return distance.mean()
+        hardest = distance.flatten().topk(max(1, int(distance.numel() * self.hard_ratio))).values
+        return 0.5 * distance.mean() + 0.5 * hardest.mean()
 
     def forward(self, teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
         if len(teacher) != len(student):
             raise ValueError(f"got {len(teacher)} teacher and {len(student)} student feature maps")
         weights = self.weights or [1.0] * len(teacher)
-        losses = [w * cosine_distance(t, s).mean() for w, t, s in zip(weights, teacher, student)]
+        losses = [w * self._scale_loss(t, s) for w, t, s in zip(weights, teacher, student)]
         return torch.stack(losses).sum() / sum(weights)
 
 

@@ -43,12 +43,15 @@ class Recipe:
         lesion_labels: 3D only: lesion values of the label maps when ``organ_labels`` is given.
         teacher: teacher/student topology, see ``multiad_monai.networks.TEACHERS``.
         layers: distilled stages (None: the teacher's strides 4, 8 and 16).
+        student_se: squeeze-and-excitation in the student (False: the ablation without it).
         discriminator_channels: conv widths of the discriminator.
         fusion: ``"sum"`` or ``"product"`` of the per-scale maps.
         sigma: Gaussian smoothing of the fused map, in pixels (0: none).
         score: ``"max"`` or ``"topk"`` (mean of the ``topk_ratio`` highest pixels).
         topk_ratio: share of pixels averaged by ``score="topk"``.
         threshold_sigmas: default threshold = normal mean + this many standard deviations of normal scores.
+        prior_weight: weight of the teacher prior in the anomaly map (0: the paper's student-only map), see
+            :class:`~multiad_monai.networks.AnomalyMapGenerator`.
     """
 
     image_size: tuple[int, int] = (256, 256)
@@ -62,12 +65,14 @@ class Recipe:
     lesion_labels: tuple[int, ...] = (2,)
     teacher: str = "efficientnet-lite0"
     layers: tuple[str, ...] | None = None
+    student_se: bool = True
     discriminator_channels: tuple[int, ...] = (128, 128)
     fusion: str = "sum"
     sigma: float = 4.0
     score: str = "max"
     topk_ratio: float = 0.01
     threshold_sigmas: float = 3.0
+    prior_weight: float = 0.0
 
     def __post_init__(self) -> None:
         # normalise JSON / bundle values (lists, ints for floats) so equal recipes compare equal
@@ -81,9 +86,10 @@ class Recipe:
         set_(self, "lesion_labels", _tuple(self.lesion_labels, int))
         set_(self, "layers", _tuple(self.layers or None, str))
         set_(self, "discriminator_channels", _tuple(self.discriminator_channels, int))
-        for name in ("sigma", "topk_ratio", "threshold_sigmas"):
+        for name in ("sigma", "topk_ratio", "threshold_sigmas", "prior_weight"):
             set_(self, name, float(getattr(self, name)))
         set_(self, "slice_axis", int(self.slice_axis))
+        set_(self, "student_se", bool(self.student_se))
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise ValueError(f"image_size must be a positive int or (H, W), got {size}")
         if self.intensity not in INTENSITY_MODES:
@@ -95,6 +101,8 @@ class Recipe:
                 f"slices are cut in {SLICE_AXCODES} along axis {SLICE_AXIS} (as data_prep writes them), got "
                 f"{self.slice_axcodes} along axis {self.slice_axis}"
             )
+        if self.prior_weight < 0:
+            raise ValueError(f"prior_weight must be >= 0, got {self.prior_weight}")
         for name in ("percentiles", "hu_window"):
             low, high = getattr(self, name)
             if not high > low:

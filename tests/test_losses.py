@@ -19,6 +19,17 @@ def test_distillation_loss_weights_scales():
     assert DistillationLoss([3.0, 1.0])(t, s).item() == pytest.approx(0.5)
 
 
+def test_hard_mining_weights_the_worst_positions():
+    teacher = torch.ones(1, 2, 4, 4)
+    student = teacher.clone()
+    student[0, :, 0, 0] = -1.0  # one of 16 positions is opposite: distance 2 there, 0 elsewhere
+    assert DistillationLoss()([teacher], [student]).item() == pytest.approx(2 / 16)
+    # half the plain mean plus half the mean of the hardest 1/16 of positions
+    assert DistillationLoss(hard_ratio=1 / 16)([teacher], [student]).item() == pytest.approx(0.5 * 2 / 16 + 0.5 * 2)
+    with pytest.raises(ValueError, match="hard_ratio"):
+        DistillationLoss(hard_ratio=1.5)
+
+
 def test_distillation_loss_checks_scale_count():
     with pytest.raises(ValueError, match="2 teacher and 1 student"):
         DistillationLoss()([torch.ones(1)] * 2, [torch.ones(1)])

@@ -22,7 +22,9 @@ class CalibrationHandler:
     1. The student's batch-norm running statistics are recomputed over the training images
        (``torch.optim.swa_utils.update_bn``): the anomaly map is computed in eval mode, and running averages
        collected while the weights were still moving describe an older network.
-    2. The network is run on held-out normal images and their score statistics are stored in its buffers.
+    2. With a teacher prior (``Recipe.prior_weight > 0``), the mean normal teacher feature at each location is
+       taken over the training images, and both map components are standardised on the held-out images.
+    3. The network is run on held-out normal images and their score statistics are stored in its buffers.
 
     Args:
         network: the trained :class:`MultiAD`.
@@ -49,18 +51,30 @@ class CalibrationHandler:
 
     @torch.no_grad()
     def __call__(self, engine: Engine) -> None:
-        device = next(self.network.parameters()).device
+        network, head = self.network, self.network.anomaly_map
+        device = next(network.parameters()).device
+
+        def images(loader: Iterable):
+            return (convert_to_tensor(b[Keys.IMAGE], track_meta=False).to(device) for b in loader)
+
         if self.train_data_loader is not None:
-            images = (convert_to_tensor(b[Keys.IMAGE], track_meta=False).to(device) for b in self.train_data_loader)
-            update_bn(images, self.network.student)
-        self.network.eval()
-        scores, maps = [], []
-        for batch in self.data_loader:
-            result = self.network(convert_to_tensor(batch[Keys.IMAGE], track_meta=False).to(device))
-            scores.append(result.pred_score.float().cpu())
-            maps.append(result.anomaly_map.float().cpu())
-        self.network.calibrate(torch.cat(scores), torch.cat(maps))
+            update_bn(images(self.train_data_loader), network.student)
+        network.eval()
+        if head.has_prior:
+            if self.train_data_loader is None:
+                raise ValueError("a model with a teacher prior needs train_data_loader to fit the prior")
+            head.fit_prior(network.teacher(x) for x in images(self.train_data_loader))
+        components = []
+        for x in images(self.data_loader):
+            teacher = network.teacher(x)
+            components.append(head.component_maps(teacher, network.student(x), x.shape[-2:]))
+        student_maps = torch.cat([c[0] for c in components])
+        prior_maps = torch.cat([c[1] for c in components]) if head.has_prior else None
+        if head.has_prior:
+            head.fit_fusion(student_maps, prior_maps)
+        maps, scores = head.combine(student_maps, prior_maps)
+        network.calibrate(scores.float().cpu(), maps.float().cpu())
         self.logger.info(
-            f"calibrated on {len(torch.cat(scores))} normal images: image threshold "
+            f"calibrated on {len(scores)} normal images: image threshold "
             f"{self.network.image_threshold.item():.4f}, pixel threshold {self.network.pixel_threshold.item():.4f}"
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import torch
 import torch.nn.functional as F
 from monai.networks.layers import GaussianFilter
@@ -18,14 +20,30 @@ def cosine_distance(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tenso
 class AnomalyMapGenerator(nn.Module):
     """Per-scale ``1 - cos`` maps, upsampled to the input size, fused, then Gaussian-smoothed.
 
+    With ``prior_shapes`` the map has a second, student-free component, the *teacher prior*: ``1 - cos`` between
+    each teacher feature and the mean normal teacher feature at the same location (the teacher-only baseline).
+    The two components are standardised with their statistics on held-out normal images, then added
+    (``student + prior_weight * prior``), so neither dominates by its scale. Their statistics are filled after
+    training by :meth:`fit_prior` and :meth:`fit_fusion` (see ``multiad_monai.handlers.CalibrationHandler``).
+
     Args:
         fusion: ``"sum"`` (mean over scales) or ``"product"`` of the per-scale maps.
         sigma: Gaussian smoothing sigma in pixels of the output map (0 disables smoothing).
         score: ``"max"`` of the map, or ``"topk"`` for the mean of its ``topk_ratio`` largest pixels.
         topk_ratio: fraction of pixels averaged by the ``"topk"`` score.
+        prior_shapes: ``(C_i, h_i, w_i)`` of each teacher feature map, to add the teacher prior (None: no prior).
+        prior_weight: weight of the standardised prior against the standardised student map.
     """
 
-    def __init__(self, fusion: str = "sum", sigma: float = 4.0, score: str = "max", topk_ratio: float = 0.01) -> None:
+    def __init__(
+        self,
+        fusion: str = "sum",
+        sigma: float = 4.0,
+        score: str = "max",
+        topk_ratio: float = 0.01,
+        prior_shapes: Sequence[Sequence[int]] | None = None,
+        prior_weight: float = 1.0,
+    ) -> None:
         super().__init__()
         if fusion not in ("sum", "product"):
             raise ValueError(f"fusion must be 'sum' or 'product', got {fusion!r}")
@@ -37,6 +55,54 @@ class AnomalyMapGenerator(nn.Module):
         self.score = score
         self.topk_ratio = topk_ratio
         self.smooth = GaussianFilter(spatial_dims=2, sigma=sigma) if sigma > 0 else nn.Identity()
+        self.has_prior = prior_shapes is not None
+        self.prior_weight = prior_weight
+        for i, shape in enumerate(prior_shapes or ()):
+            self.register_buffer(f"prior_mean{i}", torch.full((1, *shape), float("nan")))
+        if self.has_prior:
+            # mean and std of the student and of the prior map over held-out normal pixels
+            self.register_buffer("fusion_stats", torch.full((4,), float("nan")))
+
+    @property
+    def prior_means(self) -> list[torch.Tensor]:
+        return [buffer for name, buffer in self.named_buffers() if name.startswith("prior_mean")]
+
+    @property
+    def is_fitted(self) -> bool:
+        """False while a teacher prior waits for :meth:`fit_prior` and :meth:`fit_fusion`."""
+        return not self.has_prior or bool(torch.isfinite(self.fusion_stats).all())
+
+    def distance_map(
+        self, teacher: list[torch.Tensor], reference: list[torch.Tensor], size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Per-scale ``1 - cos`` upsampled to ``size`` and fused: ``(N, 1, H, W)``, not smoothed."""
+        maps = [
+            F.interpolate(cosine_distance(t, r.expand_as(t)), size=size, mode="bilinear", align_corners=False)
+            for t, r in zip(teacher, reference)
+        ]
+        return torch.stack(maps).prod(0) if self.fusion == "product" else torch.stack(maps).mean(0)
+
+    def component_maps(
+        self, teacher: list[torch.Tensor], student: list[torch.Tensor], size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The student map and the prior map (None without a prior), unsmoothed and not standardised."""
+        prior = self.distance_map(teacher, self.prior_means, size) if self.has_prior else None
+        return self.distance_map(teacher, student, size), prior
+
+    def combine(self, student_map: torch.Tensor, prior_map: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fuse the components of :meth:`component_maps`, smooth, score: map ``(N, 1, H, W)`` and score ``(N,)``."""
+        fused = student_map
+        if self.has_prior:
+            if not self.is_fitted:
+                raise RuntimeError("the teacher prior is not fitted: run calibration on normal images after training")
+            s_mean, s_std, p_mean, p_std = self.fusion_stats
+            fused = (student_map - s_mean) / s_std + self.prior_weight * (prior_map - p_mean) / p_std
+        anomaly_map = self.smooth(fused)
+        flat = anomaly_map.flatten(1)
+        if self.score == "max":
+            return anomaly_map, flat.amax(1)
+        k = max(1, int(flat.shape[1] * self.topk_ratio))
+        return anomaly_map, flat.topk(k, dim=1).values.mean(1)
 
     def forward(
         self, teacher: list[torch.Tensor], student: list[torch.Tensor], size: tuple[int, int]
@@ -50,14 +116,24 @@ class AnomalyMapGenerator(nn.Module):
         Returns:
             anomaly map ``(N, 1, H, W)`` and image score ``(N,)``.
         """
-        maps = [
-            F.interpolate(cosine_distance(t, s), size=size, mode="bilinear", align_corners=False)
-            for t, s in zip(teacher, student)
-        ]
-        fused = torch.stack(maps).prod(0) if self.fusion == "product" else torch.stack(maps).mean(0)
-        anomaly_map = self.smooth(fused)
-        flat = anomaly_map.flatten(1)
-        if self.score == "max":
-            return anomaly_map, flat.amax(1)
-        k = max(1, int(flat.shape[1] * self.topk_ratio))
-        return anomaly_map, flat.topk(k, dim=1).values.mean(1)
+        return self.combine(*self.component_maps(teacher, student, size))
+
+    @torch.no_grad()
+    def fit_prior(self, teacher_batches: Iterable[list[torch.Tensor]]) -> None:
+        """Mean normal teacher feature at each location, from batches of per-scale teacher features."""
+        sums, count = None, 0
+        for features in teacher_batches:
+            batch_sums = [f.double().sum(0, keepdim=True) for f in features]
+            sums = batch_sums if sums is None else [s + b for s, b in zip(sums, batch_sums)]
+            count += len(features[0])
+        if not count:
+            raise ValueError("the teacher prior needs at least one normal training image")
+        for mean, total in zip(self.prior_means, sums):
+            mean.copy_(total / count)
+
+    @torch.no_grad()
+    def fit_fusion(self, student_maps: torch.Tensor, prior_maps: torch.Tensor) -> None:
+        """Standardisation of both components, from their maps on held-out normal images."""
+        stats = [student_maps.mean(), student_maps.std(), prior_maps.mean(), prior_maps.std()]
+        self.fusion_stats.copy_(torch.stack([s.float() for s in stats]).to(self.fusion_stats))
+        self.fusion_stats[1::2].clamp_(min=1e-8)

@@ -211,12 +211,20 @@ def build_teacher(
     return encoder.eval()
 
 
-def build_student(name: str = "efficientnet-lite0", layers: Sequence[str] | None = None) -> FeatureEncoder:
-    """A randomly initialised student with the teacher's topology plus SE channel attention in every stage."""
+def build_student(
+    name: str = "efficientnet-lite0", layers: Sequence[str] | None = None, se: bool = True
+) -> FeatureEncoder:
+    """A randomly initialised student with the teacher's topology plus SE channel attention in every stage.
+
+    ``se=False`` (the ablation without channel attention) exists for ``efficientnet-lite0`` only: SE is part of
+    every SEResNet50 block.
+    """
     spec = _spec(name)
     layers = list(layers or spec["default_layers"])
     if name == "efficientnet-lite0":
-        return _efficientnet_encoder(_efficientnet(se=True), layers)
+        return _efficientnet_encoder(_efficientnet(se=se), layers)
+    if not se:
+        raise ValueError(f"student_se=False needs the efficientnet-lite0 teacher; {name} has SE in every block")
     return _seresnet_encoder(SEResNet50(spatial_dims=2, in_channels=3, num_classes=1000, pretrained=False), layers)
 
 

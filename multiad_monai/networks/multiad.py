@@ -65,14 +65,20 @@ class MultiAD(nn.Module):
         self.recipe = recipe if recipe is not None else Recipe(**recipe_fields)
         teacher, layers = self.recipe.teacher, self.recipe.layers
         self.teacher = build_teacher(teacher, layers, teacher_weights, allow_download, pretrained=pretrained_teacher)
-        self.student = build_student(teacher, layers)
+        self.student = build_student(teacher, layers, se=self.recipe.student_se)
         self.discriminator = FeatureDiscriminator(
             feature_channels(teacher, layers)[-1], self.recipe.discriminator_channels
         )
         r = self.recipe
-        self.anomaly_map = AnomalyMapGenerator(r.fusion, r.sigma, r.score, r.topk_ratio)
+        prior_shapes = self._feature_shapes() if r.prior_weight > 0 else None
+        self.anomaly_map = AnomalyMapGenerator(r.fusion, r.sigma, r.score, r.topk_ratio, prior_shapes, r.prior_weight)
         for name in ("score_mean", "score_std", "pixel_mean", "pixel_std"):
             self.register_buffer(name, torch.tensor(float("nan")))
+
+    @torch.no_grad()
+    def _feature_shapes(self) -> list[tuple[int, ...]]:
+        self.teacher.eval()
+        return [tuple(f.shape[1:]) for f in self.teacher(torch.zeros(1, 3, *self.recipe.image_size))]
 
     @property
     def teacher_name(self) -> str:
@@ -102,16 +108,20 @@ class MultiAD(nn.Module):
         self.teacher.eval()  # frozen: BN statistics stay ImageNet's
         return self
 
-    def forward(self, images: torch.Tensor) -> DistillationFeatures | AnomalyOutput:
+    def forward(
+        self, images: torch.Tensor, teacher_features: list[torch.Tensor] | None = None
+    ) -> DistillationFeatures | AnomalyOutput:
         """
         Args:
             images: ``(N, 3, H, W)`` in ``[0, 1]``.
+            teacher_features: the teacher's features of ``images`` when already known (cached), else computed.
 
         Returns:
             in training mode the teacher and student features; in eval mode an :class:`AnomalyOutput`.
         """
-        with torch.no_grad():
-            teacher_features = self.teacher(images)
+        if teacher_features is None:
+            with torch.no_grad():
+                teacher_features = self.teacher(images)
         student_features = self.student(images)
         if self.training:
             return DistillationFeatures(teacher_features, student_features)
