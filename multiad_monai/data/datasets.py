@@ -8,12 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from monai.data import Dataset
+import torch
+from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, apply_transform
 
 from multiad_monai.data.layouts import index_dataset
 from multiad_monai.recipe import Recipe
 from multiad_monai.transforms.array import source_name
+from multiad_monai.transforms.dictionary import TeacherFeaturesd
 from multiad_monai.transforms.preprocessing import (
     image_transform,
     network_input,
@@ -23,7 +25,7 @@ from multiad_monai.transforms.preprocessing import (
 )
 from multiad_monai.utils.errors import check_path
 
-__all__ = ["AnomalyData", "NamedErrorDataset", "apply_named", "load_datasets"]
+__all__ = ["AnomalyData", "NamedErrorDataset", "apply_named", "load_datasets", "with_teacher_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -161,3 +163,15 @@ def load_datasets(
         has_masks=has_masks,
         counts=counts,
     )
+
+
+def with_teacher_features(dataset: Dataset, teacher: torch.nn.Module) -> CacheDataset:
+    """``dataset`` (e.g. ``AnomalyData.train``) with each sample's teacher features computed once, up front.
+
+    The teacher is frozen, so without augmentation its features of a training image never change: caching them
+    saves its forward pass in every training iteration (see :class:`~multiad_monai.transforms.TeacherFeaturesd`).
+    """
+    # flat: CacheDataset stops caching at a nested Compose (Compose counts as randomizable)
+    loading = dataset.transform.flatten().transforms if isinstance(dataset.transform, Compose) else [dataset.transform]
+    transform = Compose([*loading, TeacherFeaturesd("image", teacher)])
+    return CacheDataset(dataset.data, transform=transform, num_workers=0, progress=False)

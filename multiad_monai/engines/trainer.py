@@ -21,7 +21,8 @@ __all__ = ["MultiADTrainer"]
 class MultiADTrainer(Trainer):
     """Trains the student of a :class:`MultiAD` to match its frozen teacher, with a feature discriminator.
 
-    Each iteration: (1) the student minimises ``distillation + adversarial_weight * BCE(D(student), real)``;
+    Batches may carry the teacher's features of their images (``teacher_features``, cached once per image when
+    inputs are not augmented); the teacher then does not run. Each iteration: (1) the student minimises ``distillation + adversarial_weight * BCE(D(student), real)``;
     (2) the discriminator minimises ``BCE(D(teacher), real) + BCE(D(student.detach()), fake)``. With
     ``adversarial_weight=0`` the discriminator is not trained (pure distillation). AMP and fp32 share one path.
 
@@ -103,6 +104,9 @@ class MultiADTrainer(Trainer):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         images = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[0]
+        cached = batchdata.get(MultiADKeys.TEACHER_FEATURES) if isinstance(batchdata, dict) else None
+        if cached is not None:  # see multiad_monai.data.with_teacher_features
+            cached = [f.to(engine.state.device, non_blocking=engine.non_blocking) for f in cached]
         network = engine.network
         network.train()
         output: dict = {Keys.IMAGE: images}
@@ -111,7 +115,7 @@ class MultiADTrainer(Trainer):
         # student step
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with engine._autocast():
-            features = network(images)
+            features = network(images, cached)
             engine.fire_event(MultiADIterationEvents.STUDENT_FORWARD_COMPLETED)
             distillation = engine.distillation_loss(features.teacher, features.student)
             loss = distillation

@@ -23,6 +23,7 @@ from .dictionary import (
     PadToSquared,
     ScaleIntensityByDtyped,
     SplitLabelsd,
+    TeacherFeaturesd,
     VolumeToSlicesd,
 )
 from .preprocessing import (

@@ -7,6 +7,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Orientationd, Padd
+from monai.utils import convert_to_tensor
 
 from multiad_monai.transforms.array import (
     SLICE_AXCODES,
@@ -30,6 +31,7 @@ __all__ = [
     "PadToSquared",
     "ScaleIntensityByDtyped",
     "SplitLabelsd",
+    "TeacherFeaturesd",
     "VolumeToSlicesd",
 ]
 
@@ -236,4 +238,33 @@ class SplitLabelsd(MapTransform):
         organ = torch.isin(labels, torch.tensor(self.organ_labels + self.lesion_labels, device=labels.device))
         d[self.label_key] = lesion.float()
         d[self.organ_key] = organ.float()
+        return d
+
+
+class TeacherFeaturesd(MapTransform):
+    """Add the frozen teacher's per-scale features of ``keys`` (one image) as ``<key>_features`` or ``output_key``.
+
+    Under a ``monai.data.CacheDataset`` the teacher runs once per training image instead of once per iteration:
+    valid only when no random transform follows, since the features must be those of the image the student sees.
+
+    Args:
+        keys: the image key (one).
+        teacher: the frozen teacher encoder, kept in eval mode.
+        output_key: where the list of ``(C_i, h_i, w_i)`` CPU tensors goes (default ``teacher_features``).
+    """
+
+    def __init__(self, keys: KeysCollection, teacher: torch.nn.Module, output_key: str = "teacher_features") -> None:
+        super().__init__(keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"TeacherFeaturesd takes one image key, got {self.keys}")
+        self.teacher = teacher
+        self.output_key = output_key
+
+    @torch.no_grad()
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        image = convert_to_tensor(d[self.keys[0]], track_meta=False)
+        device = next(self.teacher.parameters()).device
+        self.teacher.eval()
+        d[self.output_key] = [f[0].cpu() for f in self.teacher(image[None].float().to(device))]
         return d

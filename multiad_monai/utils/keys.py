@@ -17,6 +17,7 @@ class MultiADKeys(StrEnum):
     DISTILLATION_LOSS = "distillation_loss"
     ADVERSARIAL_LOSS = "adversarial_loss"
     DISCRIMINATOR_LOSS = "discriminator_loss"
+    TEACHER_FEATURES = "teacher_features"
 
 
 class MultiADIterationEvents(EventEnum):
