@@ -22,8 +22,8 @@ from multiad_monai.checkpoint import load_model
 from multiad_monai.handlers import last_checkpoint
 from tests.bundles.helpers import ROOT, bundle_command, error_chain, run, run_in_process
 
-TINY = {"image_size": 32, "batch_size": 4, "num_overlays": 2}
-TINY_ARGS = ["--image_size", "32", "--batch_size", "4", "--num_overlays", "2"]
+TINY = {"image_size": 32, "batch_size": 4, "num_overlays": 2, "min_iterations": 0}
+TINY_ARGS = ["--image_size", "32", "--batch_size", "4", "--num_overlays", "2", "--min_iterations", "0"]
 METRIC_KEYS = {"image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "train_seconds", "n_train", "n_test"}
 
 

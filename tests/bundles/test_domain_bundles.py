@@ -12,7 +12,7 @@ from multiad_monai.checkpoint import load_model
 from tests.bundles.helpers import bundle_command, run, run_in_process
 from tests.conftest import write_ct_volumes, write_mvtec
 
-TINY = {"epochs": 1, "image_size": 32, "batch_size": 4, "num_overlays": 2}
+TINY = {"epochs": 1, "image_size": 32, "batch_size": 4, "num_overlays": 2, "min_iterations": 0}
 PIXEL = {"pixel_auroc", "pixel_aupro"}
 
 

@@ -15,7 +15,7 @@ from multiad_monai.handlers import create_tracking_store
 from tests.bundles.faults import POINTS
 from tests.bundles.helpers import ROOT, bundle_command, run, run_in_process
 
-ARGS = ["--epochs", "3", "--image_size", "32", "--batch_size", "4", "--num_overlays", "1"]
+ARGS = ["--epochs", "3", "--image_size", "32", "--batch_size", "4", "--num_overlays", "1", "--min_iterations", "0"]
 PROBE = os.path.join(ROOT, "tests", "bundles", "fault_probe.json")
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max")
 
@@ -33,7 +33,7 @@ def _train(out: str, dataset_dir: str, *extra: str, configs=("train.json",)) -> 
 def reference(tmp_path_factory, mvtec_dir) -> dict:
     """An uninterrupted run with the same seed."""
     out = str(tmp_path_factory.mktemp("reference"))
-    run_in_process("brain", "training", dataset_dir=mvtec_dir, output_dir=out, epochs=3, image_size=32, batch_size=4)
+    run_in_process("brain", "training", dataset_dir=mvtec_dir, output_dir=out, epochs=3, image_size=32, batch_size=4, min_iterations=0)
     return json.load(open(os.path.join(out, "metrics.json"), encoding="utf-8"))
 
 

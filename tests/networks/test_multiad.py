@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from monai.data import DataLoader, Dataset
 
 from multiad_monai.handlers import CalibrationHandler
 from multiad_monai.networks import (
@@ -106,3 +107,61 @@ def test_student_eval_features_follow_training():
         eval_features = network.eval().student(images)
     for a, b in zip(train_features, eval_features):
         assert torch.nn.functional.cosine_similarity(a, b).mean() > 0.99
+
+
+def test_teacher_prior_is_the_baseline_map_and_travels_with_the_model(tmp_path):
+    torch.manual_seed(0)
+    network = MultiAD(image_size=32, prior_weight=1.0)
+    normal = torch.rand(6, 3, 32, 32)
+    loader = DataLoader([{"image": x} for x in normal], batch_size=3)
+    network.eval()
+    with pytest.raises(RuntimeError, match="prior is not fitted"):
+        network(normal[:1])
+    CalibrationHandler(network, loader, train_data_loader=loader)(None)
+    head = network.anomaly_map
+    assert head.is_fitted and network.is_calibrated
+    with torch.no_grad():
+        teacher = network.teacher(normal)
+        # the prior is the distance to the mean normal teacher feature at each location (the baseline's map)
+        expected = [t.mean(0, keepdim=True) for t in teacher]
+        assert all(torch.allclose(m.float(), e, atol=1e-5) for m, e in zip(head.prior_means, expected))
+        student_map, prior_map = head.component_maps(teacher, network.student(normal), (32, 32))
+        assert torch.allclose(prior_map, head.distance_map(teacher, expected, (32, 32)), atol=1e-5)
+        # both components are standardised on the held-out normal images before they are added
+        s_mean, s_std, p_mean, p_std = head.fusion_stats
+        assert s_mean == pytest.approx(student_map.mean().item(), rel=1e-4)
+        assert p_std == pytest.approx(prior_map.std().item(), rel=1e-4)
+        out = network(normal)
+    path = tmp_path / "model.pt"
+    torch.save(network.state_dict(), path)
+    other = MultiAD(image_size=32, prior_weight=1.0, pretrained_teacher=False)
+    other.load_state_dict(torch.load(path, weights_only=True))
+    other.eval()
+    with torch.no_grad():
+        assert torch.allclose(other(normal).pred_score, out.pred_score)
+    with pytest.raises(ValueError, match="prior_weight: network 0.0, checkpoint 1.0"):
+        MultiAD(image_size=32).load_state_dict(torch.load(path, weights_only=True))
+
+
+def test_prior_weight_must_not_be_negative():
+    with pytest.raises(ValueError, match="prior_weight"):
+        MultiAD(image_size=8, prior_weight=-1)
+
+
+def test_cached_teacher_features_replace_the_teacher_in_training():
+    from multiad_monai.data import with_teacher_features
+    from multiad_monai.engines import MultiADTrainer
+
+    torch.manual_seed(0)
+    network = MultiAD(image_size=32)
+    images = [{"image": torch.rand(3, 32, 32)} for _ in range(4)]
+    cached = with_teacher_features(Dataset(images), network.teacher)  # the teacher runs here, once per image
+    calls = []
+    network.teacher.register_forward_hook(lambda *_: calls.append(1))
+    optimizers = [torch.optim.Adam(m.parameters()) for m in (network.student, network.discriminator)]
+    trainer = MultiADTrainer("cpu", 2, DataLoader(cached, batch_size=2), network, *optimizers)
+    trainer.run()
+    assert trainer.state.iteration == 4 and not calls
+    with torch.no_grad():
+        expected = network.teacher(images[1]["image"][None])
+    assert all(torch.allclose(c, e[0], atol=1e-5) for c, e in zip(cached[1]["teacher_features"], expected))
