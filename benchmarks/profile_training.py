@@ -46,7 +46,7 @@ class PhaseTimer:
 
 
 def _literal(value: str):
-    """``128`` -> 128, ``true`` -> True, ``[1, 2]`` -> [1, 2]; anything else stays a string (as ``monai.bundle run``)."""
+    """``128`` -> 128, ``true`` -> True, ``[1, 2]`` -> [1, 2]; anything else stays a string (as ``monai.bundle``)."""
     try:
         return ast.literal_eval({"true": "True", "false": "False", "null": "None"}.get(value, value))
     except (ValueError, SyntaxError):
@@ -109,7 +109,9 @@ def main() -> None:
         "phases_s": {k: round(v, 2) for k, v in seconds.items()},
         "total_s": round(total, 1),
         "iterations": trainer.state.iteration,
-        "s_per_iteration": round(sum(v for k, v in seconds.items() if k not in NOT_ITERATION) / trainer.state.iteration, 3),
+        "s_per_iteration": round(
+            sum(v for k, v in seconds.items() if k not in NOT_ITERATION) / trainer.state.iteration, 3
+        ),
         "metrics": {k: round(float(v), 4) for k, v in evaluator.state.metrics.items()},
     }
     print(f"{'phase':<45}{'seconds':>9}{'share':>8}")

@@ -63,7 +63,8 @@ def test_plan_covers_categories_with_defects_configs_and_seeds(data_root):
 
 def test_a_finished_run_is_skipped_the_next_time(data_root, tmp_path, capsys):
     argv = ["--data_root", data_root, "--datasets", "chest=mvtec:medical", "--configs", "distill", "--seeds", "0",
-            "--output_dir", str(tmp_path), "--", "--epochs", "1", "--min_iterations", "0", "--image_size", "32"]  # fmt: skip
+            "--output_dir", str(tmp_path), "--", "--epochs", "1", "--min_iterations", "0",
+            "--image_size", "32"]  # fmt: skip
     assert cross_domain.main(argv) == 0
     first = capsys.readouterr().out
     assert "chest/distill/seed0: ok" in first and "| chest | distill |" in first and "**Medical mean**" in first

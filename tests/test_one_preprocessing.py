@@ -99,7 +99,16 @@ def test_model_trained_on_data_prep_pngs_scores_the_original_nifti_like_the_pngs
             write_png(str(root / split / f"case{case}_{k:03d}.png"), image_slice)
     out = str(tmp_path / "run")
     overrides = {"intensity": "dtype", "min_foreground": 0.0, "calibration_fraction": 0.3}
-    run_in_process("brain", "training", dataset_dir=str(root), output_dir=out, epochs=1, image_size=32, min_iterations=0, **overrides)
+    run_in_process(
+        "brain",
+        "training",
+        dataset_dir=str(root),
+        output_dir=out,
+        epochs=1,
+        image_size=32,
+        min_iterations=0,
+        **overrides,
+    )
     ckpt = os.path.join(out, "model.pt")
     assert load_model(ckpt).recipe.intensity == "dtype"
 

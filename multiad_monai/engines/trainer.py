@@ -22,7 +22,8 @@ class MultiADTrainer(Trainer):
     """Trains the student of a :class:`MultiAD` to match its frozen teacher, with a feature discriminator.
 
     Batches may carry the teacher's features of their images (``teacher_features``, cached once per image when
-    inputs are not augmented); the teacher then does not run. Each iteration: (1) the student minimises ``distillation + adversarial_weight * BCE(D(student), real)``;
+    inputs are not augmented); the teacher then does not run. Each iteration: (1) the student minimises
+    ``distillation + adversarial_weight * BCE(D(student), real)``;
     (2) the discriminator minimises ``BCE(D(teacher), real) + BCE(D(student.detach()), fake)``. With
     ``adversarial_weight=0`` the discriminator is not trained (pure distillation). AMP and fp32 share one path.
 

@@ -33,7 +33,16 @@ def _train(out: str, dataset_dir: str, *extra: str, configs=("train.json",)) -> 
 def reference(tmp_path_factory, mvtec_dir) -> dict:
     """An uninterrupted run with the same seed."""
     out = str(tmp_path_factory.mktemp("reference"))
-    run_in_process("brain", "training", dataset_dir=mvtec_dir, output_dir=out, epochs=3, image_size=32, batch_size=4, min_iterations=0)
+    run_in_process(
+        "brain",
+        "training",
+        dataset_dir=mvtec_dir,
+        output_dir=out,
+        epochs=3,
+        image_size=32,
+        batch_size=4,
+        min_iterations=0,
+    )
     return json.load(open(os.path.join(out, "metrics.json"), encoding="utf-8"))
 
 

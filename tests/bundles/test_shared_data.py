@@ -20,7 +20,9 @@ LGG = os.path.join(SHARED_DATA, "lgg_dev")
 
 @pytest.mark.skipif(not os.path.isdir(LGG), reason="../shared/data/lgg_dev is not present")
 def test_brain_bundle_on_lgg_dev(tmp_path):
-    run_in_process("brain", "training", dataset_dir=LGG, output_dir=str(tmp_path), epochs=3, image_size=128, min_iterations=0)
+    run_in_process(
+        "brain", "training", dataset_dir=LGG, output_dir=str(tmp_path), epochs=3, image_size=128, min_iterations=0
+    )
     metrics = json.load(open(os.path.join(tmp_path, "metrics.json"), encoding="utf-8"))
     assert metrics["n_test"] == 591 and metrics["n_train"] == 518 - 52
     # measured with these settings: image AUROC 0.694, pixel AUROC 0.936 (64 px stayed below 0.5 image AUROC)

@@ -305,7 +305,9 @@ def test_scoring_stores_scores_and_most_anomalous_hands_out_the_highest_first(se
 
 def test_train_on_the_normal_studies_serves_the_new_checkpoint(server, checkpoint):
     before = server.get("/info/").json()["models"]["brain"]["checkpoint"]
-    task = server.post("/train/brain", json={"epochs": 1, "min_iterations": 0, "image_size": 32, "batch_size": 4, "num_overlays": 1})
+    task = server.post(
+        "/train/brain", json={"epochs": 1, "min_iterations": 0, "image_size": 32, "batch_size": 4, "num_overlays": 1}
+    )
     assert task.status_code == 200 and task.json()["status"] == "SUBMITTED", task.text
     done = wait_for(server, "train", timeout=420)
     assert done["status"] == "DONE", "\n".join(done.get("details", []))
