@@ -9,7 +9,7 @@ from torch.nn.parallel import DistributedDataParallel
 from multiad_monai.networks.multiad import MultiAD
 from multiad_monai.upstream import module_with_children
 
-__all__ = ["wrap_ddp", "unwrap_ddp", "parameter_checksum"]
+__all__ = ["wrap_ddp", "unwrap_ddp", "parameter_checksum", "broadcast_buffers"]
 
 
 def wrap_ddp(network: MultiAD, device: torch.device | str) -> MultiAD:
@@ -38,3 +38,15 @@ def unwrap_ddp(network: nn.Module) -> nn.Module:
 def parameter_checksum(module: nn.Module) -> float:
     """Sum of all parameters in float64: equal across ranks when DDP kept the replicas in sync."""
     return float(sum(p.detach().double().sum() for p in module.parameters()))
+
+
+def broadcast_buffers(network: nn.Module, src: int = 0) -> None:
+    """Give every rank the buffers of rank ``src``, which alone calibrated after training.
+
+    The distributed evaluation then scores every shard of the test set with the same teacher prior, fusion
+    statistics and re-estimated batch-norm statistics. A collective call: every rank must make it.
+    """
+    for buffer in network.buffers():
+        contiguous = buffer.data.contiguous()  # gloo/NCCL need contiguous tensors (channels-last buffers are not)
+        torch.distributed.broadcast(contiguous, src)
+        buffer.data.copy_(contiguous)
