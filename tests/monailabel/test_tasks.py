@@ -102,7 +102,7 @@ DEFAULTS = bundle_defaults(os.path.join(ROOT, "bundles", "brain"))
     ],
 )
 def test_train_params(params, expected):
-    assert DEFAULTS["epochs"] == 8 and DEFAULTS["batch_size"] == 16  # resolved through bundles/common macros
+    assert DEFAULTS["epochs"] == 8 and DEFAULTS["image_size"] == 128  # resolved through bundles/common macros
     if expected is None:
         assert set(check_train_params(DEFAULTS, params)) == set(params) - {"model", "gpus"}
     else:
