@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import nibabel as nib
@@ -18,7 +17,7 @@ from multiad_monai.networks import MultiAD
 from multiad_monai.recipe import Recipe
 from multiad_monai.transforms import image_transform
 from multiad_monai.utils import root_message
-from tests.bundles.helpers import ROOT, bundle_command, error_chain, run, run_in_process
+from tests.bundles.helpers import bundle_command, error_chain, run, run_in_process
 from tests.conftest import write_mvtec, write_volumes
 
 
@@ -150,16 +149,7 @@ def test_the_last_lines_a_user_sees_say_what_is_wrong(tmp_path):
 
 def test_a_path_starting_with_dollar_gets_a_hint(tmp_path):
     command = bundle_command("brain", "training", str(tmp_path / "out"), "--dataset_dir", "$HOME/data")
-    result = subprocess.run(
-        command,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=300,
-        env=dict(os.environ),
-    )
+    result = run(command, timeout=300)
     assert result.returncode != 0
     assert (
         "starts with '$' is Python" in result.stderr.strip().splitlines()[-3] + result.stderr.strip().splitlines()[-2]
