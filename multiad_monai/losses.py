@@ -46,8 +46,19 @@ class DistillationLoss(nn.Module):
 
 
 class AdversarialLoss(nn.Module):
-    """Binary cross-entropy on discriminator logits against a constant target (1 = teacher, 0 = student)."""
+    """Binary cross-entropy on discriminator logits against a constant target (teacher ``real_label``, student 0).
+
+    Args:
+        real_label: the teacher's target; 0.9 is one-sided label smoothing (Salimans et al. 2016), which keeps
+            the discriminator from growing over-confident. Give it to the discriminator's loss only.
+    """
+
+    def __init__(self, real_label: float = 1.0) -> None:
+        super().__init__()
+        if not 0.5 < real_label <= 1.0:
+            raise ValueError(f"real_label must be in (0.5, 1], got {real_label}")
+        self.real_label = real_label
 
     def forward(self, logits: torch.Tensor, is_teacher: bool) -> torch.Tensor:
-        target = torch.full_like(logits, 1.0 if is_teacher else 0.0)
+        target = torch.full_like(logits, self.real_label if is_teacher else 0.0)
         return F.binary_cross_entropy_with_logits(logits.float(), target)

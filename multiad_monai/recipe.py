@@ -45,6 +45,7 @@ class Recipe:
         layers: distilled stages (None: the teacher's strides 4, 8 and 16).
         student_se: squeeze-and-excitation in the student (False: the ablation without it).
         discriminator_channels: conv widths of the discriminator.
+        discriminator_spectral_norm: spectral norm instead of batch norm in the discriminator.
         fusion: ``"sum"`` or ``"product"`` of the per-scale maps.
         sigma: Gaussian smoothing of the fused map, in pixels (0: none).
         score: ``"max"`` or ``"topk"`` (mean of the ``topk_ratio`` highest pixels).
@@ -67,6 +68,7 @@ class Recipe:
     layers: tuple[str, ...] | None = None
     student_se: bool = True
     discriminator_channels: tuple[int, ...] = (128, 128)
+    discriminator_spectral_norm: bool = False
     fusion: str = "sum"
     sigma: float = 4.0
     score: str = "max"
@@ -90,6 +92,7 @@ class Recipe:
             set_(self, name, float(getattr(self, name)))
         set_(self, "slice_axis", int(self.slice_axis))
         set_(self, "student_se", bool(self.student_se))
+        set_(self, "discriminator_spectral_norm", bool(self.discriminator_spectral_norm))
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise ValueError(f"image_size must be a positive int or (H, W), got {size}")
         if self.intensity not in INTENSITY_MODES:

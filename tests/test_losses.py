@@ -40,3 +40,15 @@ def test_adversarial_loss_targets():
     confident_real = torch.full((4, 1), 10.0)
     assert loss(confident_real, is_teacher=True).item() < 1e-3
     assert loss(confident_real, is_teacher=False).item() > 5
+
+
+def test_label_smoothing_moves_the_teacher_target():
+    logits = torch.zeros(3, 1)
+    smoothed = AdversarialLoss(real_label=0.9)
+    # BCE(0 logit, 0.9) equals BCE(0 logit, 1) at p = 0.5; the optimum moves from +inf to logit(0.9)
+    optimum = torch.full((3, 1), float(torch.logit(torch.tensor(0.9))), requires_grad=True)
+    smoothed(optimum, is_teacher=True).backward()
+    assert optimum.grad.abs().max() < 1e-6
+    assert smoothed(logits, is_teacher=False).item() == pytest.approx(AdversarialLoss()(logits, False).item())
+    with pytest.raises(ValueError, match="real_label"):
+        AdversarialLoss(real_label=0.3)

@@ -67,7 +67,9 @@ class MultiAD(nn.Module):
         self.teacher = build_teacher(teacher, layers, teacher_weights, allow_download, pretrained=pretrained_teacher)
         self.student = build_student(teacher, layers, se=self.recipe.student_se)
         self.discriminator = FeatureDiscriminator(
-            feature_channels(teacher, layers)[-1], self.recipe.discriminator_channels
+            feature_channels(teacher, layers)[-1],
+            self.recipe.discriminator_channels,
+            spectral_norm=self.recipe.discriminator_spectral_norm,
         )
         r = self.recipe
         prior_shapes = self._feature_shapes() if r.prior_weight > 0 else None

@@ -24,7 +24,7 @@ def _loader(n: int = 8, size: int = 32, with_masks: bool = False):
     return DataLoader(items, batch_size=4)
 
 
-def _trainer(network, adversarial_weight, amp=False):
+def _trainer(network, adversarial_weight, amp=False, **kwargs):
     return MultiADTrainer(
         amp=amp,
         device="cpu",
@@ -34,6 +34,7 @@ def _trainer(network, adversarial_weight, amp=False):
         optimizer=torch.optim.Adam(network.student.parameters(), 1e-3),
         discriminator_optimizer=torch.optim.Adam(network.discriminator.parameters(), 1e-3),
         adversarial_weight=adversarial_weight,
+        **kwargs,
     )
 
 
@@ -56,6 +57,21 @@ def test_training_step_fires_events_in_order_and_updates_only_student_and_discri
         "discriminator_loss",
     }
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, network.teacher.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(disc_before, network.discriminator.parameters()))
+
+
+def test_stabilisers_train_student_and_discriminator():
+    torch.manual_seed(0)
+    network = MultiAD(image_size=32, discriminator_spectral_norm=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in network.discriminator.modules())
+    student_before = [p.clone() for p in network.student.parameters()]
+    disc_before = [p.clone() for p in network.discriminator.parameters()]
+    trainer = _trainer(network, adversarial_weight=0.1, label_smoothing=0.1, feature_matching=True)
+    assert trainer.discriminator_loss.real_label == pytest.approx(0.9)
+    trainer.run()
+    output = trainer.state.output
+    assert torch.isfinite(output[MultiADKeys.ADVERSARIAL_LOSS]) and output[MultiADKeys.ADVERSARIAL_LOSS] >= 0
+    assert not all(torch.equal(a, b) for a, b in zip(student_before, network.student.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(disc_before, network.discriminator.parameters()))
 
 
