@@ -1,5 +1,5 @@
 """The embedded brain demo: real anatomy (nilearn's MNI152 T1 template, shipped in the nilearn wheel) with
-per-subject deformations, bias fields and noise, plus synthetic hyperintense lesions with known masks.
+per-subject deformations, bias fields and noise, plus synthetic lesions (dark core, bright rim) with known masks.
 
 Written as NIfTI in the ``volumes`` layout (``imagesTr``/``labelsTr``/``imagesTs``/``labelsTs``), once.
 """
@@ -51,14 +51,16 @@ def _subject(template: np.ndarray, brain: np.ndarray, rng: np.random.Generator, 
     candidates = np.argwhere(ndimage.binary_erosion(brain, iterations=6))
     for _ in range(n_lesions):
         centre = candidates[rng.integers(len(candidates))]
-        radii = rng.uniform(3.0, 7.0, size=3)
+        radii = rng.uniform(4.0, 8.0, size=3)
         distance = np.sqrt(sum(((grid[i] - centre[i]) / radii[i]) ** 2 for i in range(3)))
-        blob = (distance <= 1) & brain
-        lesions |= blob
+        # flat top and bottom, so that every axial slice labelled anomalous shows a lesion of visible size
+        # (an ellipsoid's tips are a few voxels wide: "anomalous" slices that nothing could find)
+        within = brain & (np.abs(grid[2] - centre[2]) <= 0.6 * radii[2])
+        lesions |= (distance <= 1) & within
         # a dark necrotic-looking core inside a bright rim, blended smoothly into the tissue
-        weight = np.clip(1.3 - distance, 0, 1) * brain
+        weight = np.clip(1.3 - distance, 0, 1) * within
         core = rng.uniform(0.1, 0.25) + 0.05 * rng.normal(size=image.shape)
-        rim = np.exp(-(((distance - 1.0) / 0.25) ** 2)) * brain
+        rim = np.exp(-(((distance - 1.0) / 0.25) ** 2)) * within
         image = (1 - weight) * image + weight * core + rng.uniform(0.2, 0.35) * rim
     image = image + rng.normal(0, 0.02, size=image.shape)
     image = np.clip(image, 0, None) * brain

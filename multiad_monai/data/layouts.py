@@ -14,6 +14,7 @@ import os
 
 __all__ = [
     "categories",
+    "default_prior_weight",
     "detect_layout",
     "file_stem",
     "index_dataset",
@@ -56,6 +57,18 @@ def detect_layout(root: str) -> str:
         f"cannot tell the layout of {root}: expected imagesTr/ (3D volumes), or train/good/ with test/<type>/ "
         "(MVTec) or {valid,test}/{good,Ungood}/ (BMAD)"
     )
+
+
+def default_prior_weight(dataset_dir: str, category: str | None = None) -> float:
+    """The teacher prior's weight for a dataset folder: 1, or 0 for 3D volumes.
+
+    The prior compares each location with the mean normal teacher feature at that location, so it needs
+    training images that show the same scene location by location (2D slices picked at one level, textures,
+    aligned objects). Slices cut at every level of a volume do not: on the embedded demo the prior alone
+    scores below chance and the fused map loses to the student's, so volumes get the student's map alone.
+    """
+    root = os.path.join(dataset_dir, str(category)) if category not in (None, "") else dataset_dir
+    return 0.0 if detect_layout(root) == "volumes" else 1.0
 
 
 def _index_volumes(root: str) -> dict[str, list[dict]]:

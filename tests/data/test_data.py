@@ -11,6 +11,7 @@ import torch
 from multiad_monai.data import (
     build_brain_demo,
     categories,
+    default_prior_weight,
     detect_layout,
     index_dataset,
     load_datasets,
@@ -28,6 +29,15 @@ def test_detect_layouts(mvtec_dir, bmad_dir, volumes_dir, tmp_path):
         detect_layout(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="cannot tell the layout"):
         detect_layout(str(tmp_path))
+
+
+def test_teacher_prior_is_off_for_volumes(mvtec_dir, bmad_dir, volumes_dir, tmp_path):
+    assert default_prior_weight(mvtec_dir) == default_prior_weight(bmad_dir) == 1.0
+    assert default_prior_weight(volumes_dir) == 0.0
+    write_mvtec(str(tmp_path / "wood"))
+    assert default_prior_weight(str(tmp_path), "wood") == 1.0
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        default_prior_weight(str(tmp_path), "tile")
 
 
 def test_index_mvtec(mvtec_dir):
@@ -109,6 +119,9 @@ def test_brain_demo_is_built_once(tmp_path):
     image = nib.load(splits["test"][1]["image"])
     mask = nib.load(splits["test"][1]["mask"]).get_fdata()
     assert image.shape == mask.shape == (99, 117, 95) and mask.sum() > 0
+    # flat-topped lesions: no axial slice counts as anomalous for a lesion tip of a few voxels
+    areas = mask.sum(axis=(0, 1))
+    assert areas[areas > 0].min() >= 20
     stamp = os.path.getmtime(splits["test"][0]["image"])
     build_brain_demo(root, n_train=2, n_test=2)
     assert os.path.getmtime(splits["test"][0]["image"]) == stamp

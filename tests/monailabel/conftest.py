@@ -28,7 +28,5 @@ def checkpoint(tmp_path_factory) -> str:
     run_in_process(
         "brain", "training", dataset_dir=str(data), output_dir=str(out), ckpt_path=str(out / "model.pt"),
         epochs=1, min_iterations=0, image_size=64, batch_size=4, num_overlays=1, tracking_uri=f"sqlite:///{out}/mlruns.db",
-        prior_weight=0.0,  # the served heat map is the student's: a 1-epoch toy model has no usable prior
-
     )  # fmt: skip
     return str(out / "model.pt")
