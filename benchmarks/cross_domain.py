@@ -7,9 +7,9 @@
 Each run is ``python -m monai.bundle run training`` of the dataset's bundle in its own process, logging to
 ``<output_dir>/mlruns.db`` (experiment ``--experiment_name``) with the tags ``config`` and ``benchmark_key`` (a hash
 of everything that defines the run). A run whose key already has a FINISHED run in the store is skipped, so an
-interrupted benchmark continues where it stopped; leftovers of killed or failed attempts are deleted before the run
-is repeated. At the end ``multiad_monai.compare`` writes the tables and charts to ``<output_dir>/comparison`` and
-logs them as a ``comparison`` run.
+interrupted benchmark continues where it stopped; leftovers of killed or failed attempts (their MLflow runs and
+files) are replaced when the run is repeated. At the end ``multiad_monai.compare`` writes the tables and charts to
+``<output_dir>/comparison`` and logs them as a ``comparison`` run.
 
 Datasets are ``NAME`` (a folder of ``--data_root``) or ``NAME=BUNDLE:DOMAIN``; the known ones:
 ``lgg_dev`` (brain, medical), ``piped_paper`` (mvtec, industrial, every category with defects, masks inverted),
@@ -87,6 +87,7 @@ class Run:
             "--seed", str(self.seed), "--tracking_uri", tracking_uri, "--experiment_name", experiment,
             "--run_name", self.name, "--log_model", str(log_model),
             "--run_tags", repr({"domain": self.domain, "config": self.config, "benchmark_key": self.key}),
+            "--overwrite", "true",  # only unfinished runs are started: their folder holds a killed attempt's files
         ]  # fmt: skip
         if self.category:
             command += ["--category", self.category]
