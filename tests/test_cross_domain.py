@@ -68,9 +68,10 @@ def test_a_finished_run_is_skipped_the_next_time(data_root, tmp_path, capsys):
     # a killed earlier attempt left an epoch checkpoint: the repeated run replaces it instead of stopping
     leftover = tmp_path / "runs" / "chest" / "distill" / "seed0" / "checkpoints"
     leftover.mkdir(parents=True)
-    (leftover / "checkpoint_epoch=1.pt").write_bytes(b"killed")
+    killed = leftover / "checkpoint_epoch=1.pt"
+    killed.write_bytes(b"killed")
     assert cross_domain.main(argv) == 0
-    assert not (leftover / "checkpoint_epoch=1.pt").exists() or (leftover / "checkpoint_epoch=1.pt").read_bytes() != b"killed"
+    assert not killed.exists() or killed.read_bytes() != b"killed"
     first = capsys.readouterr().out
     assert "chest/distill/seed0: ok" in first and "| chest | distill |" in first and "**Medical mean**" in first
     assert cross_domain.main(argv) == 0

@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
 from monai.engines import Trainer
 from monai.engines.utils import default_metric_cmp_fn, default_prepare_batch
 from monai.utils import CommonKeys as Keys
-import torch.nn.functional as F
 from torch.optim import Optimizer
 
 from multiad_monai.losses import AdversarialLoss, DistillationLoss
