@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+from multiad_monai.utils.errors import check_path
+
 __all__ = [
     "categories",
     "default_prior_weight",
@@ -67,6 +69,7 @@ def default_prior_weight(dataset_dir: str, category: str | None = None) -> float
     aligned objects). Slices cut at every level of a volume do not: on the embedded demo the prior alone
     scores below chance and the fused map loses to the student's, so volumes get the student's map alone.
     """
+    check_path(dataset_dir, "dataset_dir")
     root = os.path.join(dataset_dir, str(category)) if category not in (None, "") else dataset_dir
     return 0.0 if detect_layout(root) == "volumes" else 1.0
 
