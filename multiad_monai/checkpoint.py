@@ -228,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     try:
         config = ConfigParser()
         config.read_config(args.config_file)
-        config.update(_overrides(rest))
+        # pre-recipe checkpoints have no teacher prior (upgrade sets 0); its default would need the data folder
+        config.update({"prior_weight": 0.0, **_overrides(rest)})
         recipe = config.get_parsed_content("recipe")
         upgrade(args.ckpt_path, args.output, recipe)
     except (ValueError, FileNotFoundError) as e:
