@@ -93,6 +93,8 @@ class MultiADTrainer(Trainer):
         self.adversarial_weight = adversarial_weight
         self.distillation_loss = distillation_loss or DistillationLoss()
         self.adversarial_loss = AdversarialLoss()
+        if not 0.0 <= label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
         self.discriminator_loss = AdversarialLoss(real_label=1.0 - label_smoothing)
         self.feature_matching = feature_matching
         device_type = torch.device(device).type

@@ -73,6 +73,8 @@ def test_stabilisers_train_student_and_discriminator():
     assert torch.isfinite(output[MultiADKeys.ADVERSARIAL_LOSS]) and output[MultiADKeys.ADVERSARIAL_LOSS] >= 0
     assert not all(torch.equal(a, b) for a, b in zip(student_before, network.student.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(disc_before, network.discriminator.parameters()))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        _trainer(network, adversarial_weight=0.1, label_smoothing=0.5)
 
 
 def test_zero_adversarial_weight_is_pure_distillation():
