@@ -23,9 +23,17 @@ from multiad_monai.transforms.preprocessing import (
     slicing_transform,
     volume_transform,
 )
+from multiad_monai.utils import MultiADKeys
 from multiad_monai.utils.errors import check_path
 
-__all__ = ["AnomalyData", "NamedErrorDataset", "apply_named", "load_datasets", "with_teacher_features"]
+__all__ = [
+    "AnomalyData",
+    "NamedErrorDataset",
+    "apply_named",
+    "cached_teacher_features",
+    "load_datasets",
+    "with_teacher_features",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -175,3 +183,9 @@ def with_teacher_features(dataset: Dataset, teacher: torch.nn.Module) -> CacheDa
     loading = dataset.transform.flatten().transforms if isinstance(dataset.transform, Compose) else [dataset.transform]
     transform = Compose([*loading, TeacherFeaturesd("image", teacher)])
     return CacheDataset(dataset.data, transform=transform, num_workers=0, progress=False)
+
+
+def cached_teacher_features(batch, device: torch.device | str, non_blocking: bool = False) -> list[torch.Tensor] | None:
+    """A batch's cached teacher features (see :func:`with_teacher_features`) on ``device``, or None."""
+    cached = batch.get(MultiADKeys.TEACHER_FEATURES) if isinstance(batch, dict) else None
+    return None if cached is None else [f.to(device, non_blocking=non_blocking) for f in cached]

@@ -12,6 +12,7 @@ from monai.engines.utils import default_metric_cmp_fn, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 from torch.optim import Optimizer
 
+from multiad_monai.data.datasets import cached_teacher_features
 from multiad_monai.losses import AdversarialLoss, DistillationLoss
 from multiad_monai.networks.multiad import MultiAD
 from multiad_monai.utils import MultiADIterationEvents, MultiADKeys
@@ -117,9 +118,7 @@ class MultiADTrainer(Trainer):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         images = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[0]
-        cached = batchdata.get(MultiADKeys.TEACHER_FEATURES) if isinstance(batchdata, dict) else None
-        if cached is not None:  # see multiad_monai.data.with_teacher_features
-            cached = [f.to(engine.state.device, non_blocking=engine.non_blocking) for f in cached]
+        cached = cached_teacher_features(batchdata, engine.state.device, engine.non_blocking)
         network = engine.network
         network.train()
         output: dict = {Keys.IMAGE: images}

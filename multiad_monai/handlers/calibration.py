@@ -11,6 +11,7 @@ from monai.utils import CommonKeys as Keys
 from monai.utils import convert_to_tensor
 from torch.optim.swa_utils import update_bn
 
+from multiad_monai.data.datasets import cached_teacher_features
 from multiad_monai.networks.multiad import MultiAD
 
 __all__ = ["CalibrationHandler"]
@@ -54,8 +55,16 @@ class CalibrationHandler:
         network, head = self.network, self.network.anomaly_map
         device = next(network.parameters()).device
 
+        def image(batch: dict) -> torch.Tensor:
+            return convert_to_tensor(batch[Keys.IMAGE], track_meta=False).to(device)
+
         def images(loader: Iterable):
-            return (convert_to_tensor(b[Keys.IMAGE], track_meta=False).to(device) for b in loader)
+            return (image(b) for b in loader)
+
+        def teacher_features(loader: Iterable):  # cached with the training images when they are
+            for b in loader:
+                cached = cached_teacher_features(b, device)
+                yield cached if cached is not None else network.teacher(image(b))
 
         if self.train_data_loader is not None:
             update_bn(images(self.train_data_loader), network.student)
@@ -63,14 +72,14 @@ class CalibrationHandler:
         if head.has_prior:
             if self.train_data_loader is None:
                 raise ValueError("a model with a teacher prior needs train_data_loader to fit the prior")
-            head.fit_prior(network.teacher(x) for x in images(self.train_data_loader))
-        components = []
-        for x in images(self.data_loader):
-            teacher = network.teacher(x)
-            components.append(head.component_maps(teacher, network.student(x), x.shape[-2:]))
+            head.fit_prior(teacher_features(self.train_data_loader))
+        components = [
+            head.component_maps(network.teacher(x), network.student(x), x.shape[-2:]) for x in images(self.data_loader)
+        ]
         student_maps = torch.cat([c[0] for c in components])
-        prior_maps = torch.cat([c[1] for c in components]) if head.has_prior else None
+        prior_maps = None
         if head.has_prior:
+            prior_maps = torch.cat([c[1] for c in components])
             head.fit_fusion(student_maps, prior_maps)
         maps, scores = head.combine(student_maps, prior_maps)
         network.calibrate(scores.float().cpu(), maps.float().cpu())

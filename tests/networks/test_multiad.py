@@ -4,6 +4,7 @@ import pytest
 import torch
 from monai.data import DataLoader, Dataset
 
+from multiad_monai.data import with_teacher_features
 from multiad_monai.handlers import CalibrationHandler
 from multiad_monai.networks import (
     AnomalyMapGenerator,
@@ -107,6 +108,21 @@ def test_student_eval_features_follow_training():
         eval_features = network.eval().student(images)
     for a, b in zip(train_features, eval_features):
         assert torch.nn.functional.cosine_similarity(a, b).mean() > 0.99
+
+
+def test_teacher_prior_is_fitted_from_cached_teacher_features():
+    torch.manual_seed(0)
+    network = MultiAD(image_size=32, prior_weight=1.0)
+    normal = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        teacher = network.eval().teacher(normal)
+    cached = DataLoader(with_teacher_features(Dataset([{"image": x} for x in normal]), network.teacher), batch_size=2)
+    calls = []
+    network.teacher.register_forward_hook(lambda *_: calls.append(1))
+    CalibrationHandler(network, [{"image": normal[:2]}], train_data_loader=cached)(None)
+    assert len(calls) == 1  # the held-out batch only: the training images' features came from the cache
+    expected = [t.mean(0, keepdim=True) for t in teacher]
+    assert all(torch.allclose(m.float(), e, atol=1e-5) for m, e in zip(network.anomaly_map.prior_means, expected))
 
 
 def test_teacher_prior_is_the_baseline_map_and_travels_with_the_model(tmp_path):
