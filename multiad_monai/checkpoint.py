@@ -228,8 +228,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     try:
         config = ConfigParser()
         config.read_config(args.config_file)
-        # pre-recipe checkpoints have no teacher prior (upgrade sets 0); its default would need the data folder
-        config.update({"prior_weight": 0.0, **_overrides(rest)})
+        # pre-recipe checkpoints have no teacher prior (upgrade sets 0) and a square input: the data-driven
+        # defaults of both would read the data folder, which upgrading does not need
+        config.update({"prior_weight": 0.0, "keep_aspect": False, "data_root": None, **_overrides(rest)})
         recipe = config.get_parsed_content("recipe")
         upgrade(args.ckpt_path, args.output, recipe)
     except (ValueError, FileNotFoundError) as e:

@@ -11,10 +11,14 @@ Layouts:
 from __future__ import annotations
 
 import os
+import statistics
+
+from PIL import Image
 
 from multiad_monai.utils.errors import check_path
 
 __all__ = [
+    "aspect_preserving_size",
     "categories",
     "default_prior_weight",
     "detect_layout",
@@ -72,6 +76,38 @@ def default_prior_weight(dataset_dir: str, category: str | None = None) -> float
     check_path(dataset_dir, "dataset_dir")
     root = os.path.join(dataset_dir, str(category)) if category not in (None, "") else dataset_dir
     return 0.0 if detect_layout(root) == "volumes" else 1.0
+
+
+def aspect_preserving_size(
+    dataset_dir: str, image_size: int | list[int], category: str | None = None, multiple: int = 32
+) -> list[int]:
+    """Network input ``[H, W]`` whose short side is ``image_size`` and whose aspect is that of the training images.
+
+    Stretching a 500x1250 surface scan to a square shrinks it 4.9x along its long side, which thins a crack
+    across it below what the stride-4 features resolve; keeping the aspect shrinks both sides by the short
+    side's factor only, at the cost of proportionally more pixels. The long side is rounded to ``multiple``
+    (the deepest teacher stride) and the median aspect of the training images is used. An explicit
+    ``[H, W]`` and 3D volumes (square slices are resampled anyway) are returned as they are.
+    """
+    if not isinstance(image_size, (int, float)):
+        return [int(v) for v in image_size]
+    check_path(dataset_dir, "dataset_dir")
+    root = os.path.join(dataset_dir, str(category)) if category not in (None, "") else dataset_dir
+    layout, splits = index_dataset(root)
+    short = int(image_size)
+    if layout == "volumes":
+        return [short, short]
+    aspects = []
+    for item in splits["train"]:
+        try:
+            with Image.open(item["image"]) as image:
+                width, height = image.size
+        except OSError as error:
+            raise ValueError(f"cannot read the size of training image {item['image']}: {error}") from None
+        aspects.append(width / height)
+    aspect = statistics.median(aspects)
+    long = max(short, multiple * round(short * max(aspect, 1 / aspect) / multiple))
+    return [short, long] if aspect >= 1 else [long, short]
 
 
 def _index_volumes(root: str) -> dict[str, list[dict]]:

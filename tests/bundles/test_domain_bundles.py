@@ -27,7 +27,7 @@ def test_no_dataset_dir_fails_fast_with_instructions(bundle, tmp_path):
 def test_mvtec_category_and_image_level_set(tmp_path):
     root = tmp_path / "piped"
     write_mvtec(str(root / "paper_a"))
-    write_mvtec(str(root / "xray"), masks=False, width=64)
+    write_mvtec(str(root / "xray"), masks=False, width=96)
     run_in_process(
         "mvtec", "training", dataset_dir=str(root), category="paper_a", output_dir=str(tmp_path / "a"), **TINY
     )
@@ -36,6 +36,7 @@ def test_mvtec_category_and_image_level_set(tmp_path):
     run_in_process("mvtec", "training", dataset_dir=str(root), category="xray", output_dir=str(tmp_path / "x"), **TINY)
     metrics = json.load(open(tmp_path / "x" / "metrics.json", encoding="utf-8"))
     assert "image_auroc" in metrics and not PIXEL & set(metrics)  # absent, not zero
+    assert load_model(str(tmp_path / "x" / "model.pt")).recipe.image_size == (32, 64)  # 48x96 keeps its aspect
 
 
 def test_liver_bundle_on_raw_ct_volumes(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from multiad_monai.data import (
+    aspect_preserving_size,
     build_brain_demo,
     categories,
     default_prior_weight,
@@ -38,6 +39,19 @@ def test_teacher_prior_is_off_for_volumes(mvtec_dir, bmad_dir, volumes_dir, tmp_
     assert default_prior_weight(str(tmp_path), "wood") == 1.0
     with pytest.raises(FileNotFoundError, match="does not exist"):
         default_prior_weight(str(tmp_path), "tile")
+
+
+def test_aspect_preserving_size_keeps_long_images_long(mvtec_dir, volumes_dir, tmp_path):
+    assert aspect_preserving_size(mvtec_dir, 64) == [64, 64]
+    assert aspect_preserving_size(volumes_dir, 64) == [64, 64]
+    write_mvtec(str(tmp_path / "steel" / "strip"), size=40, width=100)  # 2.5:1, like a 500x1250 scan
+    assert aspect_preserving_size(str(tmp_path / "steel"), 64, "strip") == [64, 160]
+    assert aspect_preserving_size(str(tmp_path / "steel"), [64, 96], "strip") == [64, 96]  # explicit wins
+    tall = write_mvtec(str(tmp_path / "tall"), size=100, width=40)
+    assert aspect_preserving_size(tall, 64) == [160, 64]
+    open(f"{tall}/train/good/000.png", "wb").close()
+    with pytest.raises(ValueError, match="000.png"):
+        aspect_preserving_size(tall, 64)
 
 
 def test_index_mvtec(mvtec_dir):
