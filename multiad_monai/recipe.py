@@ -53,6 +53,9 @@ class Recipe:
         threshold_sigmas: default threshold = normal mean + this many standard deviations of normal scores.
         prior_weight: weight of the teacher prior in the anomaly map (0: the paper's student-only map), see
             :class:`~multiad_monai.networks.AnomalyMapGenerator`.
+        adaptive_prior: raise the prior's weight (up to 4x) when the student's distance on held-out normal
+            images exceeds that on its training images (a small training set it memorised), see
+            :func:`~multiad_monai.networks.anomaly_map.prior_gain`.
     """
 
     image_size: tuple[int, int] = (256, 256)
@@ -75,6 +78,7 @@ class Recipe:
     topk_ratio: float = 0.01
     threshold_sigmas: float = 3.0
     prior_weight: float = 0.0
+    adaptive_prior: bool = False
 
     def __post_init__(self) -> None:
         # normalise JSON / bundle values (lists, ints for floats) so equal recipes compare equal
@@ -93,6 +97,7 @@ class Recipe:
         set_(self, "slice_axis", int(self.slice_axis))
         set_(self, "student_se", bool(self.student_se))
         set_(self, "discriminator_spectral_norm", bool(self.discriminator_spectral_norm))
+        set_(self, "adaptive_prior", bool(self.adaptive_prior))
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise ValueError(f"image_size must be a positive int or (H, W), got {size}")
         if self.intensity not in INTENSITY_MODES:

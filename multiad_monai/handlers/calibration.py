@@ -24,7 +24,8 @@ class CalibrationHandler:
        (``torch.optim.swa_utils.update_bn``): the anomaly map is computed in eval mode, and running averages
        collected while the weights were still moving describe an older network.
     2. With a teacher prior (``Recipe.prior_weight > 0``), the mean normal teacher feature at each location is
-       taken over the training images, and both map components are standardised on the held-out images.
+       taken over the training images, and both map components are standardised on the held-out images; with
+       ``Recipe.adaptive_prior`` the student map on as many training images sets the prior's gain.
     3. The network is run on held-out normal images and their score statistics are stored in its buffers.
 
     Args:
@@ -61,10 +62,19 @@ class CalibrationHandler:
         def images(loader: Iterable):
             return (image(b) for b in loader)
 
-        def teacher_features(loader: Iterable):  # cached with the training images when they are
-            for b in loader:
-                cached = cached_teacher_features(b, device)
-                yield cached if cached is not None else network.teacher(image(b))
+        def teacher_features(batch: dict) -> list[torch.Tensor]:  # cached with the training images when they are
+            cached = cached_teacher_features(batch, device)
+            return cached if cached is not None else network.teacher(image(batch))
+
+        def student_train_maps(count: int) -> torch.Tensor:  # on the first `count` (at least a batch of) images
+            maps, seen = [], 0
+            for b in self.train_data_loader:
+                x = image(b)
+                maps.append(head.distance_map(teacher_features(b), network.student(x), x.shape[-2:]))
+                seen += len(x)
+                if seen >= count:
+                    break
+            return torch.cat(maps)
 
         if self.train_data_loader is not None:
             update_bn(images(self.train_data_loader), network.student)
@@ -72,7 +82,7 @@ class CalibrationHandler:
         if head.has_prior:
             if self.train_data_loader is None:
                 raise ValueError("a model with a teacher prior needs train_data_loader to fit the prior")
-            head.fit_prior(teacher_features(self.train_data_loader))
+            head.fit_prior(teacher_features(b) for b in self.train_data_loader)
         components = [
             head.component_maps(network.teacher(x), network.student(x), x.shape[-2:]) for x in images(self.data_loader)
         ]
@@ -80,7 +90,9 @@ class CalibrationHandler:
         prior_maps = None
         if head.has_prior:
             prior_maps = torch.cat([c[1] for c in components])
-            head.fit_fusion(student_maps, prior_maps)
+            train_maps = student_train_maps(len(student_maps)) if head.adaptive_prior else None
+            gain = head.fit_fusion(student_maps, prior_maps, train_maps)
+            self.logger.info(f"teacher prior: weight {head.prior_weight:g} x gain {gain:.2f}")
         maps, scores = head.combine(student_maps, prior_maps)
         network.calibrate(scores.float().cpu(), maps.float().cpu())
         self.logger.info(

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from monai.networks.layers import GaussianFilter
 from torch import nn
 
-__all__ = ["AnomalyMapGenerator", "cosine_distance"]
+__all__ = ["AnomalyMapGenerator", "cosine_distance", "prior_gain"]
 
 
 def cosine_distance(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
@@ -23,7 +23,9 @@ class AnomalyMapGenerator(nn.Module):
     With ``prior_shapes`` the map has a second, student-free component, the *teacher prior*: ``1 - cos`` between
     each teacher feature and the mean normal teacher feature at the same location (the teacher-only baseline).
     The two components are standardised with their statistics on held-out normal images, then added
-    (``student + prior_weight * prior``), so neither dominates by its scale. Their statistics are filled after
+    (``student + prior_weight * gain * prior``), so neither dominates by its scale. With ``adaptive_prior`` the
+    gain grows with the student's *generalisation gap*, its mean distance on held-out normal images over that on
+    its training images (see :func:`prior_gain`); otherwise it is 1. Their statistics are filled after
     training by :meth:`fit_prior` and :meth:`fit_fusion` (see ``multiad_monai.handlers.CalibrationHandler``).
 
     Args:
@@ -33,6 +35,7 @@ class AnomalyMapGenerator(nn.Module):
         topk_ratio: fraction of pixels averaged by the ``"topk"`` score.
         prior_shapes: ``(C_i, h_i, w_i)`` of each teacher feature map, to add the teacher prior (None: no prior).
         prior_weight: weight of the standardised prior against the standardised student map.
+        adaptive_prior: multiply ``prior_weight`` by :func:`prior_gain` of the student's generalisation gap.
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class AnomalyMapGenerator(nn.Module):
         topk_ratio: float = 0.01,
         prior_shapes: Sequence[Sequence[int]] | None = None,
         prior_weight: float = 1.0,
+        adaptive_prior: bool = False,
     ) -> None:
         super().__init__()
         if fusion not in ("sum", "product"):
@@ -57,10 +61,12 @@ class AnomalyMapGenerator(nn.Module):
         self.smooth = GaussianFilter(spatial_dims=2, sigma=sigma) if sigma > 0 else nn.Identity()
         self.has_prior = prior_shapes is not None
         self.prior_weight = prior_weight
+        self.adaptive_prior = adaptive_prior
         for i, shape in enumerate(prior_shapes or ()):
             self.register_buffer(f"prior_mean{i}", torch.full((1, *shape), float("nan")))
         if self.has_prior:
-            # mean and std of the student and of the prior map over held-out normal pixels
+            # mean and scale of the student and of the prior map over held-out normal pixels; the prior's scale
+            # is its std divided by the gain, so that checkpoints without a gain read as gain 1
             self.register_buffer("fusion_stats", torch.full((4,), float("nan")))
 
     @property
@@ -132,8 +138,36 @@ class AnomalyMapGenerator(nn.Module):
             mean.copy_(total / count)
 
     @torch.no_grad()
-    def fit_fusion(self, student_maps: torch.Tensor, prior_maps: torch.Tensor) -> None:
-        """Standardisation of both components, from their maps on held-out normal images."""
-        stats = [student_maps.mean(), student_maps.std(), prior_maps.mean(), prior_maps.std()]
+    def fit_fusion(
+        self, student_maps: torch.Tensor, prior_maps: torch.Tensor, student_train_maps: torch.Tensor | None = None
+    ) -> float:
+        """Standardisation of both components, from their maps on held-out normal images, and the prior's gain.
+
+        Args:
+            student_maps, prior_maps: the components on held-out normal images.
+            student_train_maps: the student map on training images, for the gain of ``adaptive_prior``.
+
+        Returns:
+            the gain applied to the prior (1 without ``adaptive_prior``).
+        """
+        gain = 1.0
+        if self.adaptive_prior:
+            if student_train_maps is None:
+                raise ValueError("adaptive_prior needs the student map on training images")
+            gain = prior_gain(float(student_maps.mean() / student_train_maps.mean().clamp(min=1e-12)))
+        stats = [student_maps.mean(), student_maps.std(), prior_maps.mean(), prior_maps.std() / gain]
         self.fusion_stats.copy_(torch.stack([s.float() for s in stats]).to(self.fusion_stats))
         self.fusion_stats[1::2].clamp_(min=1e-8)
+        return gain
+
+
+def prior_gain(gap: float, slope: float = 25.0, cap: float = 4.0) -> float:
+    """How much more the teacher prior counts when the student does not generalise.
+
+    ``gap`` is the student's mean distance on held-out normal images over that on its training images. A student
+    that learned the normal appearance has a gap of 1 (lgg_dev, 466 training slices: 0.997-1.004) and keeps the
+    gain 1; one that memorised a small training set has a larger gap (PIPED, 26 images: 1.13-1.41 in every
+    category) and its map is partly noise on new images, so the student-free prior is weighted up: the gain rises
+    by ``slope`` per unit of gap above 1, up to ``cap`` (reached at a 12 % gap).
+    """
+    return float(min(cap, max(1.0, 1.0 + slope * (gap - 1.0))))

@@ -12,6 +12,7 @@ from multiad_monai.networks import (
     DistillationFeatures,
     FeatureDiscriminator,
     MultiAD,
+    prior_gain,
 )
 
 
@@ -110,9 +111,10 @@ def test_student_eval_features_follow_training():
         assert torch.nn.functional.cosine_similarity(a, b).mean() > 0.99
 
 
-def test_teacher_prior_is_fitted_from_cached_teacher_features():
+@pytest.mark.parametrize("adaptive_prior", [False, True])
+def test_teacher_prior_is_fitted_from_cached_teacher_features(adaptive_prior):
     torch.manual_seed(0)
-    network = MultiAD(image_size=32, prior_weight=1.0)
+    network = MultiAD(image_size=32, prior_weight=1.0, adaptive_prior=adaptive_prior)
     normal = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         teacher = network.eval().teacher(normal)
@@ -157,6 +159,25 @@ def test_teacher_prior_is_the_baseline_map_and_travels_with_the_model(tmp_path):
         assert torch.allclose(other(normal).pred_score, out.pred_score)
     with pytest.raises(ValueError, match="prior_weight: network 0.0, checkpoint 1.0"):
         MultiAD(image_size=32).load_state_dict(torch.load(path, weights_only=True))
+
+
+def test_prior_gain_rises_with_the_students_generalisation_gap():
+    assert prior_gain(1.0) == prior_gain(0.9) == 1.0  # a student that generalises keeps the weight
+    assert prior_gain(1.04) == pytest.approx(2.0)
+    assert prior_gain(1.3) == prior_gain(3.0) == 4.0
+
+
+def test_adaptive_prior_weights_the_prior_up_when_the_student_memorised():
+    torch.manual_seed(0)
+    held_out, prior = torch.rand(2, 1, 8, 8) + 1, torch.rand(2, 1, 8, 8)
+    head = AnomalyMapGenerator(prior_shapes=[(4, 2, 2)], adaptive_prior=True)
+    assert head.fit_fusion(held_out, prior, held_out / 2) == 4.0  # twice the training distance: gain capped at 4
+    assert head.fusion_stats[3].item() == pytest.approx(prior.std().item() / 4, rel=1e-5)
+    assert head.fit_fusion(held_out, prior, held_out) == 1.0
+    with pytest.raises(ValueError, match="training images"):
+        head.fit_fusion(held_out, prior)
+    fixed = AnomalyMapGenerator(prior_shapes=[(4, 2, 2)])
+    assert fixed.fit_fusion(held_out, prior, held_out / 2) == 1.0
 
 
 def test_prior_weight_must_not_be_negative():
