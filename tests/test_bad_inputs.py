@@ -93,6 +93,7 @@ def test_inputs_that_share_a_stem_get_their_own_outputs(inferer, tmp_path):
         ({"epochs": 0}, "epochs must be a whole number >= 1, got 0"),
         ({"category": 1}, "/1 does not exist"),
         ({"dataset_dir": "/data/run#2"}, "dataset_dir '/data/run::2' does not exist and holds '::'"),
+        ({"keep_aspect": "false", "resume": "False"}, "resume='False', keep_aspect='false': on/off keys take True"),
     ],
 )
 def test_cheap_checks_name_the_key(mvtec_dir, tmp_path, overrides, message):

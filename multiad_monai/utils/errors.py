@@ -13,7 +13,7 @@ import sys
 import traceback
 from types import TracebackType
 
-__all__ = ["check_path", "readable_errors", "root_message"]
+__all__ = ["check_flags", "check_path", "readable_errors", "root_message"]
 
 PARSER_HINT = (
     "the MONAI bundle parser rewrites '#' in config values to '::' and evaluates values that start with '$' as "
@@ -52,6 +52,24 @@ def check_path(path: str | None, key: str) -> str | None:
     if path and "::" in str(path) and not os.path.exists(path):
         raise ValueError(f"{key} {path!r} does not exist and holds '::': {PARSER_HINT}")
     return path
+
+
+def check_flags(**flags: object) -> None:
+    """A ``ValueError`` naming each on/off key whose value would silently count as on.
+
+    The bundle command line (python-fire) reads only ``True``/``False`` as booleans: ``--resume false`` gives the
+    string ``'false'``, which Python treats as true. ``'true'`` means what it says and passes.
+    """
+    wrong = [
+        f"{name}={value!r}"
+        for name, value in flags.items()
+        if not isinstance(value, (bool, int)) and str(value).strip().lower() not in ("true", "yes", "on")
+    ]
+    if wrong:
+        raise ValueError(
+            f"{', '.join(wrong)}: on/off keys take True or False (with a capital letter on the command line; "
+            "a string such as 'false' would count as on)"
+        )
 
 
 def _hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
