@@ -8,7 +8,7 @@ long images (a 500x1250 surface scan), so this is how ``keep_aspect`` is measure
     python benchmarks/long_images.py --source ../shared/data/piped_paper/PA_BDP01_TL --output runs/long/BDP01 \\
         --invert_masks
     python -m monai.bundle run training --config_file bundles/mvtec/train.json --dataset_dir runs/long/BDP01 \\
-        --image_size 128 --keep_aspect false --output_dir runs/long/stretch   # 3x narrower along the long side
+        --image_size 128 --keep_aspect False --output_dir runs/long/stretch   # 3x narrower along the long side
 """
 
 from __future__ import annotations
