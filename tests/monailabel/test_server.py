@@ -163,7 +163,7 @@ def test_info_lists_models_trainers_triage_and_binds_to_localhost(server, checkp
     model = info["models"]["brain"]
     assert model["type"] == "segmentation" and model["labels"] == {"anomaly": 1}
     assert model["checkpoint"]["path"] == checkpoint and len(model["checkpoint"]["sha256"]) == 16
-    assert sorted(info["trainers"]) == ["brain", "mvtec"] and info["trainers"]["brain"]["config"]["epochs"] == 8
+    assert sorted(info["trainers"]) == ["brain", "mvtec"] and info["trainers"]["brain"]["config"]["epochs"] == 5
     assert "most_anomalous" in info["strategies"] and "anomaly_score" in info["scoring"]
     assert info["datastore"]["total"] == 9
     with open(server.log, encoding="utf-8") as f:
