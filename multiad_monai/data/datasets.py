@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -12,7 +11,7 @@ import torch
 from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, apply_transform
 
-from multiad_monai.data.layouts import index_dataset
+from multiad_monai.data.layouts import category_root, index_dataset
 from multiad_monai.recipe import Recipe
 from multiad_monai.transforms.array import source_name
 from multiad_monai.transforms.dictionary import TeacherFeaturesd
@@ -24,7 +23,6 @@ from multiad_monai.transforms.preprocessing import (
     volume_transform,
 )
 from multiad_monai.utils import MultiADKeys
-from multiad_monai.utils.errors import check_path
 
 __all__ = [
     "AnomalyData",
@@ -107,9 +105,7 @@ def load_datasets(
     """
     if not 0.0 < calibration_fraction < 1.0:
         raise ValueError(f"calibration_fraction must be in (0, 1), got {calibration_fraction}")
-    check_path(dataset_dir, "dataset_dir")
-    if category not in (None, ""):
-        dataset_dir = os.path.join(dataset_dir, str(category))
+    dataset_dir = category_root(dataset_dir, category)
     layout, splits = index_dataset(dataset_dir)
 
     rng = np.random.default_rng(seed)

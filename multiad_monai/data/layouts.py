@@ -20,6 +20,7 @@ from multiad_monai.utils.errors import check_path
 __all__ = [
     "aspect_preserving_size",
     "categories",
+    "category_root",
     "default_prior_weight",
     "detect_layout",
     "file_stem",
@@ -65,6 +66,12 @@ def detect_layout(root: str) -> str:
     )
 
 
+def category_root(dataset_dir: str, category: str | None = None) -> str:
+    """``dataset_dir/category`` (or ``dataset_dir`` without a category), after :func:`check_path`."""
+    check_path(dataset_dir, "dataset_dir")
+    return os.path.join(dataset_dir, str(category)) if category not in (None, "") else dataset_dir
+
+
 def default_prior_weight(dataset_dir: str, category: str | None = None) -> float:
     """The teacher prior's weight for a dataset folder: 1, or 0 for 3D volumes.
 
@@ -73,8 +80,7 @@ def default_prior_weight(dataset_dir: str, category: str | None = None) -> float
     aligned objects). Slices cut at every level of a volume do not: on the embedded demo the prior alone
     scores below chance and the fused map loses to the student's, so volumes get the student's map alone.
     """
-    check_path(dataset_dir, "dataset_dir")
-    root = os.path.join(dataset_dir, str(category)) if category not in (None, "") else dataset_dir
+    root = category_root(dataset_dir, category)
     return 0.0 if detect_layout(root) == "volumes" else 1.0
 
 
@@ -91,8 +97,7 @@ def aspect_preserving_size(
     """
     if not isinstance(image_size, (int, float)):
         return [int(v) for v in image_size]
-    check_path(dataset_dir, "dataset_dir")
-    root = os.path.join(dataset_dir, str(category)) if category not in (None, "") else dataset_dir
+    root = category_root(dataset_dir, category)
     layout, splits = index_dataset(root)
     short = int(image_size)
     if layout == "volumes":
