@@ -28,8 +28,8 @@ class MultiADTrainer(Trainer):
     ``distillation + adversarial_weight * BCE(D(student), real)``;
     (2) the discriminator minimises ``BCE(D(teacher), real) + BCE(D(student.detach()), fake)``. With
     ``adversarial_weight=0`` the discriminator is not trained (pure distillation). AMP and fp32 share one path.
-    Stabilisers: ``label_smoothing`` and ``feature_matching`` here, spectral norm in the discriminator
-    (:class:`~multiad_monai.recipe.Recipe` ``discriminator_spectral_norm``).
+    Stabilisers: ``label_smoothing``, ``feature_matching`` and a warm-up of the adversarial weight here, spectral
+    norm in the discriminator (:class:`~multiad_monai.recipe.Recipe` ``discriminator_spectral_norm``).
 
     Args:
         device: where the batch and the network live.
@@ -39,6 +39,9 @@ class MultiADTrainer(Trainer):
         optimizer: optimiser of the student's parameters.
         discriminator_optimizer: optimiser of the discriminator's parameters.
         adversarial_weight: weight of the student's adversarial loss.
+        adversarial_warmup_iterations: the student's adversarial weight ramps linearly from 0 to
+            ``adversarial_weight`` over this many iterations, while the discriminator trains from the start; read
+            from ``state.iteration``, so a resumed run continues the ramp.
         label_smoothing: one-sided: the discriminator's target for teacher features is ``1 - label_smoothing``.
         feature_matching: the student's adversarial loss matches the batch mean of the discriminator's pooled
             features of teacher and student (squared error, Salimans et al. 2016) instead of fooling its logit.
@@ -56,6 +59,7 @@ class MultiADTrainer(Trainer):
         optimizer: Optimizer,
         discriminator_optimizer: Optimizer,
         adversarial_weight: float = 0.1,
+        adversarial_warmup_iterations: int = 0,
         distillation_loss: Callable | None = None,
         label_smoothing: float = 0.0,
         feature_matching: bool = False,
@@ -92,6 +96,9 @@ class MultiADTrainer(Trainer):
         self.optimizer = optimizer
         self.discriminator_optimizer = discriminator_optimizer
         self.adversarial_weight = adversarial_weight
+        if adversarial_warmup_iterations < 0:
+            raise ValueError(f"adversarial_warmup_iterations must be >= 0, got {adversarial_warmup_iterations}")
+        self.adversarial_warmup_iterations = adversarial_warmup_iterations
         self.distillation_loss = distillation_loss or DistillationLoss()
         self.adversarial_loss = AdversarialLoss()
         if not 0.0 <= label_smoothing < 0.5:
@@ -107,6 +114,15 @@ class MultiADTrainer(Trainer):
         if not self.amp:
             return nullcontext()
         return torch.autocast(self.state.device.type, **(self.amp_kwargs or {}))
+
+    def student_adversarial_weight(self) -> float:
+        """The adversarial weight of the current iteration (``state.iteration`` counts from 1)."""
+        ramp = (
+            min(1.0, (self.state.iteration - 1) / self.adversarial_warmup_iterations)
+            if self.adversarial_warmup_iterations
+            else 1.0
+        )
+        return self.adversarial_weight * ramp
 
     @staticmethod
     def _step(loss: torch.Tensor, scaler: torch.amp.GradScaler, optimizer: Optimizer) -> None:
@@ -142,7 +158,7 @@ class MultiADTrainer(Trainer):
                 else:
                     fake_logits = network.discriminator(features.student[-1])
                     adversarial = engine.adversarial_loss(fake_logits, is_teacher=True)
-                loss = distillation + engine.adversarial_weight * adversarial
+                loss = distillation + engine.student_adversarial_weight() * adversarial
                 output[MultiADKeys.ADVERSARIAL_LOSS] = adversarial.detach()
         output[MultiADKeys.DISTILLATION_LOSS] = distillation.detach()
         output[Keys.LOSS] = loss.detach()

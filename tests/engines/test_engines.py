@@ -88,6 +88,28 @@ def test_zero_adversarial_weight_is_pure_distillation():
     assert all(torch.equal(a, b) for a, b in zip(disc_before, network.discriminator.parameters()))
 
 
+def test_adversarial_warmup_ramps_the_students_weight_while_the_discriminator_trains():
+    torch.manual_seed(0)
+    network = MultiAD()
+    disc_before = [p.clone() for p in network.discriminator.parameters()]
+    trainer = _trainer(network, adversarial_weight=0.1, adversarial_warmup_iterations=3)
+    seen = []
+
+    def record(engine):
+        output = engine.state.output
+        seen.append(engine.student_adversarial_weight())
+        if engine.state.iteration == 1:  # weight 0: the loss is the distillation alone
+            assert output["loss"] == output[MultiADKeys.DISTILLATION_LOSS]
+        assert MultiADKeys.DISCRIMINATOR_LOSS in output
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, record)
+    trainer.run()
+    assert seen == pytest.approx([0.0, 0.1 / 3, 0.2 / 3, 0.1])
+    assert not all(torch.equal(a, b) for a, b in zip(disc_before, network.discriminator.parameters()))
+    with pytest.raises(ValueError, match="adversarial_warmup_iterations"):
+        _trainer(network, adversarial_weight=0.1, adversarial_warmup_iterations=-1)
+
+
 def test_distillation_loss_decreases():
     torch.manual_seed(0)
     network = MultiAD()
