@@ -46,7 +46,8 @@ class Recipe:
         student_se: squeeze-and-excitation in the student (False: the ablation without it).
         discriminator_channels: conv widths of the discriminator.
         discriminator_spectral_norm: spectral norm instead of batch norm in the discriminator.
-        fusion: ``"sum"`` or ``"product"`` of the per-scale maps.
+        fusion: ``"sum"``, ``"standardized"`` (the student's scales over their normal std) or ``"product"`` of the
+            per-scale maps, see :class:`~multiad_monai.networks.AnomalyMapGenerator`.
         sigma: Gaussian smoothing of the fused map, in pixels (0: none).
         score: ``"max"`` or ``"topk"`` (mean of the ``topk_ratio`` highest pixels).
         topk_ratio: share of pixels averaged by ``score="topk"``.

@@ -24,7 +24,8 @@ class CalibrationHandler:
        (``torch.optim.swa_utils.update_bn``): the anomaly map is computed in eval mode, and running averages
        collected while the weights were still moving describe an older network.
     2. With a teacher prior (``Recipe.prior_weight > 0``), the mean normal teacher feature at each location is
-       taken over the training images, and both map components are standardised on the held-out images; with
+       taken over the training images, and both map components are standardised on the held-out images (with
+       ``fusion="standardized"`` each scale of the student map first, see ``AnomalyMapGenerator.fit_scales``); with
        ``Recipe.adaptive_prior`` the student map on as many training images sets the prior's gain.
     3. The network is run on held-out normal images and their score statistics are stored in its buffers.
 
@@ -70,7 +71,7 @@ class CalibrationHandler:
             maps, seen = [], 0
             for b in self.train_data_loader:
                 x = image(b)
-                maps.append(head.distance_map(teacher_features(b), network.student(x), x.shape[-2:]))
+                maps.append(head.student_map(teacher_features(b), network.student(x), x.shape[-2:]))
                 seen += len(x)
                 if seen >= count:
                     break
@@ -83,6 +84,16 @@ class CalibrationHandler:
             if self.train_data_loader is None:
                 raise ValueError("a model with a teacher prior needs train_data_loader to fit the prior")
             head.fit_prior(teacher_features(b) for b in self.train_data_loader)
+        if head.fusion == "standardized":
+            head.fit_scales(
+                torch.cat(
+                    [
+                        head.scale_maps(network.teacher(x), network.student(x), x.shape[-2:])
+                        for x in images(self.data_loader)
+                    ],
+                    dim=1,
+                )
+            )
         components = [
             head.component_maps(network.teacher(x), network.student(x), x.shape[-2:]) for x in images(self.data_loader)
         ]

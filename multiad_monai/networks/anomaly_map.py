@@ -28,14 +28,20 @@ class AnomalyMapGenerator(nn.Module):
     its training images (see :func:`prior_gain`); otherwise it is 1. Their statistics are filled after
     training by :meth:`fit_prior` and :meth:`fit_fusion` (see ``multiad_monai.handlers.CalibrationHandler``).
 
+    With ``fusion="standardized"`` each scale of the student map is divided by its standard deviation on held-out
+    normal pixels before the mean over scales (:meth:`fit_scales`), so that every scale counts in units of its
+    own normal variability instead of the scale with the widest range of ``1 - cos`` dominating.
+
     Args:
-        fusion: ``"sum"`` (mean over scales) or ``"product"`` of the per-scale maps.
+        fusion: ``"sum"`` (mean over scales), ``"standardized"`` (mean over scales of the student's scales
+            divided by their normal std; the prior's as ``"sum"``) or ``"product"`` of the per-scale maps.
         sigma: Gaussian smoothing sigma in pixels of the output map (0 disables smoothing).
         score: ``"max"`` of the map, or ``"topk"`` for the mean of its ``topk_ratio`` largest pixels.
         topk_ratio: fraction of pixels averaged by the ``"topk"`` score.
         prior_shapes: ``(C_i, h_i, w_i)`` of each teacher feature map, to add the teacher prior (None: no prior).
         prior_weight: weight of the standardised prior against the standardised student map.
         adaptive_prior: multiply ``prior_weight`` by :func:`prior_gain` of the student's generalisation gap.
+        num_scales: number of feature scales (for ``fusion="standardized"``).
     """
 
     def __init__(
@@ -47,10 +53,11 @@ class AnomalyMapGenerator(nn.Module):
         prior_shapes: Sequence[Sequence[int]] | None = None,
         prior_weight: float = 1.0,
         adaptive_prior: bool = False,
+        num_scales: int = 3,
     ) -> None:
         super().__init__()
-        if fusion not in ("sum", "product"):
-            raise ValueError(f"fusion must be 'sum' or 'product', got {fusion!r}")
+        if fusion not in ("sum", "standardized", "product"):
+            raise ValueError(f"fusion must be 'sum', 'standardized' or 'product', got {fusion!r}")
         if score not in ("max", "topk"):
             raise ValueError(f"score must be 'max' or 'topk', got {score!r}")
         if not 0.0 < topk_ratio <= 1.0:
@@ -59,6 +66,8 @@ class AnomalyMapGenerator(nn.Module):
         self.score = score
         self.topk_ratio = topk_ratio
         self.smooth = GaussianFilter(spatial_dims=2, sigma=sigma) if sigma > 0 else nn.Identity()
+        if fusion == "standardized":
+            self.register_buffer("scale_std", torch.full((num_scales,), float("nan")))
         self.has_prior = prior_shapes is not None
         self.prior_weight = prior_weight
         self.adaptive_prior = adaptive_prior
@@ -75,25 +84,45 @@ class AnomalyMapGenerator(nn.Module):
 
     @property
     def is_fitted(self) -> bool:
-        """False while a teacher prior waits for :meth:`fit_prior` and :meth:`fit_fusion`."""
-        return not self.has_prior or bool(torch.isfinite(self.fusion_stats).all())
+        """False while a teacher prior waits for :meth:`fit_prior` and :meth:`fit_fusion`, or scales for
+        :meth:`fit_scales`."""
+        scales = self.fusion != "standardized" or bool(torch.isfinite(self.scale_std).all())
+        return scales and (not self.has_prior or bool(torch.isfinite(self.fusion_stats).all()))
+
+    def scale_maps(
+        self, teacher: list[torch.Tensor], reference: list[torch.Tensor], size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Per-scale ``1 - cos`` upsampled to ``size``: ``(S, N, 1, H, W)``."""
+        return torch.stack(
+            [
+                F.interpolate(cosine_distance(t, r.expand_as(t)), size=size, mode="bilinear", align_corners=False)
+                for t, r in zip(teacher, reference)
+            ]
+        )
 
     def distance_map(
         self, teacher: list[torch.Tensor], reference: list[torch.Tensor], size: tuple[int, int]
     ) -> torch.Tensor:
         """Per-scale ``1 - cos`` upsampled to ``size`` and fused: ``(N, 1, H, W)``, not smoothed."""
-        maps = [
-            F.interpolate(cosine_distance(t, r.expand_as(t)), size=size, mode="bilinear", align_corners=False)
-            for t, r in zip(teacher, reference)
-        ]
-        return torch.stack(maps).prod(0) if self.fusion == "product" else torch.stack(maps).mean(0)
+        maps = self.scale_maps(teacher, reference, size)
+        return maps.prod(0) if self.fusion == "product" else maps.mean(0)
+
+    def student_map(
+        self, teacher: list[torch.Tensor], student: list[torch.Tensor], size: tuple[int, int]
+    ) -> torch.Tensor:
+        """The student component: :meth:`distance_map`, with each scale over its normal std when standardized."""
+        if self.fusion != "standardized":
+            return self.distance_map(teacher, student, size)
+        if not torch.isfinite(self.scale_std).all():
+            raise RuntimeError("the scales are not fitted: run calibration on normal images after training")
+        return (self.scale_maps(teacher, student, size) / self.scale_std.view(-1, 1, 1, 1, 1)).mean(0)
 
     def component_maps(
         self, teacher: list[torch.Tensor], student: list[torch.Tensor], size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The student map and the prior map (None without a prior), unsmoothed and not standardised."""
         prior = self.distance_map(teacher, self.prior_means, size) if self.has_prior else None
-        return self.distance_map(teacher, student, size), prior
+        return self.student_map(teacher, student, size), prior
 
     def combine(self, student_map: torch.Tensor, prior_map: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Fuse the components of :meth:`component_maps`, smooth, score: map ``(N, 1, H, W)`` and score ``(N,)``."""
@@ -123,6 +152,11 @@ class AnomalyMapGenerator(nn.Module):
             anomaly map ``(N, 1, H, W)`` and image score ``(N,)``.
         """
         return self.combine(*self.component_maps(teacher, student, size))
+
+    @torch.no_grad()
+    def fit_scales(self, student_scale_maps: torch.Tensor) -> None:
+        """Each scale's std over held-out normal pixels, from :meth:`scale_maps` of the student ``(S, N, 1, H, W)``."""
+        self.scale_std.copy_(student_scale_maps.flatten(1).float().std(1).clamp(min=1e-8))
 
     @torch.no_grad()
     def fit_prior(self, teacher_batches: Iterable[list[torch.Tensor]]) -> None:

@@ -74,7 +74,14 @@ class MultiAD(nn.Module):
         r = self.recipe
         prior_shapes = self._feature_shapes() if r.prior_weight > 0 else None
         self.anomaly_map = AnomalyMapGenerator(
-            r.fusion, r.sigma, r.score, r.topk_ratio, prior_shapes, r.prior_weight, r.adaptive_prior
+            r.fusion,
+            r.sigma,
+            r.score,
+            r.topk_ratio,
+            prior_shapes,
+            r.prior_weight,
+            r.adaptive_prior,
+            num_scales=len(feature_channels(teacher, layers)),
         )
         for name in ("score_mean", "score_std", "pixel_mean", "pixel_std"):
             self.register_buffer(name, torch.tensor(float("nan")))

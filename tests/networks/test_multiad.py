@@ -82,6 +82,43 @@ def test_anomaly_map_localises_a_disagreement():
     assert 8 <= peak[0] <= 12 and 20 <= peak[1] <= 24 and score.item() > 1.0
 
 
+def test_standardized_fusion_divides_each_student_scale_by_its_normal_std():
+    torch.manual_seed(0)
+    head = AnomalyMapGenerator(fusion="standardized", sigma=0.0, num_scales=2)
+    teacher = [torch.rand(2, 8, 16, 16), torch.rand(2, 16, 8, 8)]
+    student = [torch.rand(2, 8, 16, 16), torch.rand(2, 16, 8, 8)]
+    assert not head.is_fitted
+    with pytest.raises(RuntimeError, match="scales are not fitted"):
+        head(teacher, student, (32, 32))
+    scales = head.scale_maps(teacher, student, (32, 32))
+    assert scales.shape == (2, 2, 1, 32, 32)
+    head.fit_scales(scales)
+    stds = torch.stack([scales[0].std(), scales[1].std()])
+    assert head.is_fitted and torch.allclose(head.scale_std, stds)
+    anomaly_map, _ = head(teacher, student, (32, 32))
+    assert torch.allclose(anomaly_map, (scales[0] / stds[0] + scales[1] / stds[1]) / 2, atol=1e-6)
+
+
+def test_standardized_fusion_is_calibrated_and_travels_with_the_model(tmp_path):
+    torch.manual_seed(0)
+    network = MultiAD(image_size=32, prior_weight=1.0, adaptive_prior=True, fusion="standardized")
+    normal = torch.rand(6, 3, 32, 32)
+    loader = DataLoader([{"image": x} for x in normal], batch_size=3)
+    CalibrationHandler(network, loader, train_data_loader=loader)(None)
+    head = network.eval().anomaly_map
+    assert head.is_fitted and network.is_calibrated and (head.scale_std > 0).all() and len(head.scale_std) == 3
+    with torch.no_grad():
+        out = network(normal)
+    path = tmp_path / "model.pt"
+    torch.save(network.state_dict(), path)
+    other = MultiAD(
+        image_size=32, prior_weight=1.0, adaptive_prior=True, fusion="standardized", pretrained_teacher=False
+    )
+    other.load_state_dict(torch.load(path, weights_only=True))
+    with torch.no_grad():
+        assert torch.allclose(other.eval()(normal).pred_score, out.pred_score)
+
+
 @pytest.mark.parametrize("kwargs", [{"fusion": "mean"}, {"score": "median"}, {"topk_ratio": 0.0}])
 def test_anomaly_map_bad_arguments(kwargs):
     with pytest.raises(ValueError):
