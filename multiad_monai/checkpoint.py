@@ -229,8 +229,10 @@ def main(argv: Sequence[str] | None = None) -> str:
         config = ConfigParser()
         config.read_config(args.config_file)
         # pre-recipe checkpoints have no teacher prior (upgrade sets 0) and a square input: the data-driven
-        # defaults of both would read the data folder, which upgrading does not need
-        config.update({"prior_weight": 0.0, "keep_aspect": False, "data_root": None, **_overrides(rest)})
+        # defaults of both would read the data folder, which upgrading does not need. They also predate the
+        # standardized fusion (no scale statistics) and the sigma that follows image_size (then 4)
+        pre_recipe = {"prior_weight": 0.0, "keep_aspect": False, "data_root": None, "fusion": "sum", "sigma": 4.0}
+        config.update({**pre_recipe, **_overrides(rest)})
         recipe = config.get_parsed_content("recipe")
         upgrade(args.ckpt_path, args.output, recipe)
     except (ValueError, FileNotFoundError) as e:

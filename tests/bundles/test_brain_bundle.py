@@ -86,7 +86,7 @@ def test_evaluate_rebuilds_the_recipe_from_the_checkpoint(trained, mvtec_dir, tm
     [
         (("train.json", "evaluate.json"), {"image_size": 64}, "image_size: given [64, 64], checkpoint [32, 32]"),
         (("train.json", "evaluate.json"), {"intensity": "hu"}, "intensity: given 'hu', checkpoint 'percentile'"),
-        (("inference.json",), {"fusion": "product"}, "fusion: given 'product', checkpoint 'sum'"),
+        (("inference.json",), {"fusion": "product"}, "fusion: given 'product', checkpoint 'standardized'"),
     ],
 )
 def test_options_that_contradict_the_checkpoint_are_errors(trained, mvtec_dir, tmp_path, configs, overrides, message):
