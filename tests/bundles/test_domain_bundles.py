@@ -7,13 +7,33 @@ import json
 
 import mlflow
 import pytest
+from monai.bundle import ConfigParser
 
 from multiad_monai.checkpoint import load_model
-from tests.bundles.helpers import bundle_command, run, run_in_process
+from tests.bundles.helpers import ROOT, bundle_command, run, run_in_process
 from tests.conftest import write_ct_volumes, write_mvtec
 
 TINY = {"epochs": 1, "image_size": 32, "batch_size": 4, "num_overlays": 2, "min_iterations": 0}
 PIXEL = {"pixel_auroc", "pixel_aupro"}
+
+
+@pytest.mark.parametrize(
+    "bundle, image_size, sigma",
+    [
+        ("mvtec", None, 4.0),
+        ("mvtec", 128, 2.0),
+        ("mvtec", [128, 384], 2.0),
+        ("brain", None, 6.0),
+        ("brain", [128, 96], 3.0),
+    ],
+)
+def test_sigma_follows_the_short_side_of_image_size(bundle, image_size, sigma, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the bundles' macros name bundles/common/... relative to the repository root
+    parser = ConfigParser()
+    parser.read_config(f"bundles/{bundle}/train.json")
+    if image_size is not None:
+        parser.update({"image_size": image_size})
+    assert parser.get_parsed_content("sigma") == sigma
 
 
 @pytest.mark.parametrize("bundle", ["mvtec", "liver", "oct"])
