@@ -84,23 +84,19 @@ class CalibrationHandler:
             if self.train_data_loader is None:
                 raise ValueError("a model with a teacher prior needs train_data_loader to fit the prior")
             head.fit_prior(teacher_features(b) for b in self.train_data_loader)
+        # one pass over the held-out images: the student's per-scale maps (to fit the scales, then fused) and the prior
+        scale_maps, prior_maps = [], []
+        for x in images(self.data_loader):
+            teacher = network.teacher(x)
+            scale_maps.append(head.scale_maps(teacher, network.student(x), x.shape[-2:]))
+            if head.has_prior:
+                prior_maps.append(head.prior_map(teacher, x.shape[-2:]))
+        scale_maps = torch.cat(scale_maps, dim=1)
         if head.fusion == "standardized":
-            head.fit_scales(
-                torch.cat(
-                    [
-                        head.scale_maps(network.teacher(x), network.student(x), x.shape[-2:])
-                        for x in images(self.data_loader)
-                    ],
-                    dim=1,
-                )
-            )
-        components = [
-            head.component_maps(network.teacher(x), network.student(x), x.shape[-2:]) for x in images(self.data_loader)
-        ]
-        student_maps = torch.cat([c[0] for c in components])
-        prior_maps = None
+            head.fit_scales(scale_maps)
+        student_maps = head.fuse_student(scale_maps)
+        prior_maps = torch.cat(prior_maps) if head.has_prior else None
         if head.has_prior:
-            prior_maps = torch.cat([c[1] for c in components])
             train_maps = student_train_maps(len(student_maps)) if head.adaptive_prior else None
             gain = head.fit_fusion(student_maps, prior_maps, train_maps)
             self.logger.info(f"teacher prior: weight {head.prior_weight:g} x gain {gain:.2f}")

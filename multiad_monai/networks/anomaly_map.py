@@ -107,21 +107,30 @@ class AnomalyMapGenerator(nn.Module):
         maps = self.scale_maps(teacher, reference, size)
         return maps.prod(0) if self.fusion == "product" else maps.mean(0)
 
+    def fuse_student(self, scale_maps: torch.Tensor) -> torch.Tensor:
+        """The student component from its :meth:`scale_maps`: fused as :meth:`distance_map` fuses, each scale over
+        its normal std first when standardized."""
+        if self.fusion == "standardized":
+            if not torch.isfinite(self.scale_std).all():
+                raise RuntimeError("the scales are not fitted: run calibration on normal images after training")
+            scale_maps = scale_maps / self.scale_std.view(-1, 1, 1, 1, 1)
+        return scale_maps.prod(0) if self.fusion == "product" else scale_maps.mean(0)
+
     def student_map(
         self, teacher: list[torch.Tensor], student: list[torch.Tensor], size: tuple[int, int]
     ) -> torch.Tensor:
-        """The student component: :meth:`distance_map`, with each scale over its normal std when standardized."""
-        if self.fusion != "standardized":
-            return self.distance_map(teacher, student, size)
-        if not torch.isfinite(self.scale_std).all():
-            raise RuntimeError("the scales are not fitted: run calibration on normal images after training")
-        return (self.scale_maps(teacher, student, size) / self.scale_std.view(-1, 1, 1, 1, 1)).mean(0)
+        """The student component ``(N, 1, H, W)``, unsmoothed and not standardised."""
+        return self.fuse_student(self.scale_maps(teacher, student, size))
+
+    def prior_map(self, teacher: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """The prior component: distance to the mean normal teacher feature at each location."""
+        return self.distance_map(teacher, self.prior_means, size)
 
     def component_maps(
         self, teacher: list[torch.Tensor], student: list[torch.Tensor], size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The student map and the prior map (None without a prior), unsmoothed and not standardised."""
-        prior = self.distance_map(teacher, self.prior_means, size) if self.has_prior else None
+        prior = self.prior_map(teacher, size) if self.has_prior else None
         return self.student_map(teacher, student, size), prior
 
     def combine(self, student_map: torch.Tensor, prior_map: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
