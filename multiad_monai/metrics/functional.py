@@ -30,10 +30,26 @@ def image_f1_max(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(f1.max())
 
 
+def _cumulative_at_thresholds(scores: np.ndarray, *weights: np.ndarray) -> list[np.ndarray]:
+    """Sums of each of ``weights`` over the scores ``>= t``, for every distinct score ``t`` (descending), from 0."""
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    # one point per distinct threshold: the last index of each run of equal scores
+    last = np.r_[np.nonzero(np.diff(sorted_scores))[0], len(sorted_scores) - 1]
+    return [np.r_[0.0, np.cumsum(weight[order])[last]] for weight in weights]
+
+
 def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
-    """ROC AUC over all pixels of anomaly maps ``(N, H, W)`` against binary masks of the same shape."""
+    """ROC AUC over all pixels of anomaly maps ``(N, H, W)`` against binary masks of the same shape.
+
+    The same value as ``sklearn.metrics.roc_auc_score`` (ties count half), computed with one sort and cumulative
+    sums: sklearn's input checks take ~8x longer than that on millions of pixels.
+    """
     masks = np.asarray(masks).ravel().astype(bool)
-    return float(roc_auc_score(masks, np.asarray(maps).ravel())) if _both_classes(masks) else float("nan")
+    if not _both_classes(masks):
+        return float("nan")
+    positives, negatives = _cumulative_at_thresholds(np.asarray(maps).ravel(), masks, ~masks)
+    return float(trapezoid(positives / positives[-1], negatives / negatives[-1]))
 
 
 def pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,13 +83,7 @@ def pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarr
     weights_pro = np.where(normal, 0.0, 1.0 / (n_regions * region_sizes[regions]))
     weights_fpr = normal / n_normal
 
-    order = np.argsort(-scores, kind="stable")
-    sorted_scores = scores[order]
-    fpr = np.cumsum(weights_fpr[order])
-    pro = np.cumsum(weights_pro[order])
-    # one point per distinct threshold: the last index of each run of equal scores
-    last = np.r_[np.nonzero(np.diff(sorted_scores))[0], len(sorted_scores) - 1]
-    return np.r_[0.0, fpr[last]], np.r_[0.0, pro[last]]
+    return tuple(_cumulative_at_thresholds(scores, weights_fpr, weights_pro))
 
 
 def pixel_aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
+from sklearn.metrics import roc_auc_score
 
 from multiad_monai.metrics import ImageAUROC, PixelAUPRO, image_auroc, image_f1_max, pixel_aupro, pixel_auroc
 
@@ -66,6 +67,15 @@ def test_metrics_on_known_cases():
     masks[1, :2, :2] = True
     assert pixel_auroc(masks.astype(float), masks) == 1.0
     assert np.isnan(pixel_aupro(np.random.rand(2, 4, 4), np.zeros((2, 4, 4))))
+
+
+def test_pixel_auroc_matches_sklearn_with_ties():
+    rng = np.random.default_rng(0)
+    masks = rng.random((3, 16, 16)) < 0.1
+    maps = np.round(rng.normal(size=masks.shape) + masks, 1).astype(np.float32)  # rounded: many tied scores
+    assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+    assert pixel_auroc(np.zeros(masks.shape), masks) == 0.5
+    assert np.isnan(pixel_auroc(maps, np.zeros(masks.shape)))
 
 
 def test_ignite_metrics_accumulate_batches():
