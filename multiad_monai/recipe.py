@@ -54,7 +54,7 @@ class Recipe:
         threshold_sigmas: default threshold = normal mean + this many standard deviations of normal scores.
         prior_weight: weight of the teacher prior in the anomaly map (0: the paper's student-only map), see
             :class:`~multiad_monai.networks.AnomalyMapGenerator`.
-        adaptive_prior: raise the prior's weight (up to 4x) when the student's distance on held-out normal
+        adaptive_prior: raise the prior's weight (up to 16x) when the student's distance on held-out normal
             images exceeds that on its training images (a small training set it memorised), see
             :func:`~multiad_monai.networks.anomaly_map.prior_gain`.
     """

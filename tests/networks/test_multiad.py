@@ -200,16 +200,16 @@ def test_teacher_prior_is_the_baseline_map_and_travels_with_the_model(tmp_path):
 
 def test_prior_gain_rises_with_the_students_generalisation_gap():
     assert prior_gain(1.0) == prior_gain(0.9) == prior_gain(1.02) == 1.0  # a student that generalises keeps it
-    assert prior_gain(1.07) == pytest.approx(2.5)
-    assert prior_gain(1.12) == prior_gain(3.0) == 4.0
+    assert prior_gain(1.07) == pytest.approx(8.5)
+    assert prior_gain(1.12) == prior_gain(3.0) == 16.0
 
 
 def test_adaptive_prior_weights_the_prior_up_when_the_student_memorised():
     torch.manual_seed(0)
     held_out, prior = torch.rand(2, 1, 8, 8) + 1, torch.rand(2, 1, 8, 8)
     head = AnomalyMapGenerator(prior_shapes=[(4, 2, 2)], adaptive_prior=True)
-    assert head.fit_fusion(held_out, prior, held_out / 2) == 4.0  # twice the training distance: gain capped at 4
-    assert head.fusion_stats[3].item() == pytest.approx(prior.std().item() / 4, rel=1e-5)
+    assert head.fit_fusion(held_out, prior, held_out / 2) == 16.0  # twice the training distance: gain capped at 16
+    assert head.fusion_stats[3].item() == pytest.approx(prior.std().item() / 16, rel=1e-5)
     assert head.fit_fusion(held_out, prior, held_out) == 1.0
     with pytest.raises(ValueError, match="training images"):
         head.fit_fusion(held_out, prior)
