@@ -1,7 +1,7 @@
 """Cross-domain benchmark: bundles x datasets/categories x configurations x seeds into one MLflow store, then compare.
 
     python benchmarks/cross_domain.py --data_root ../shared/data --output_dir runs/cross_domain \\
-        --datasets lgg_dev piped_paper chest_xray --configs multiad distill --seeds 0 1 2 \\
+        --datasets lgg_dev piped_paper chest_xray --configs multiad adversarial --seeds 0 1 2 \\
         -- --epochs 30 --image_size 128
 
 Each run is ``python -m monai.bundle run training`` of the dataset's bundle in its own process, logging to
@@ -14,7 +14,8 @@ files) are replaced when the run is repeated. At the end ``multiad_monai.compare
 Datasets are ``NAME`` (a folder of ``--data_root``) or ``NAME=BUNDLE:DOMAIN``; the known ones:
 ``lgg_dev`` (brain, medical), ``piped_paper`` (mvtec, industrial, every category with defects, masks inverted),
 ``chest_xray`` (mvtec, medical). Configurations are ``NAME`` (``multiad``: the bundle defaults, ``distill``:
-``adversarial_weight 0``) or ``NAME:KEY=VALUE,KEY=VALUE`` (bundle keys). Arguments after ``--`` go to every run.
+``adversarial_weight 0``, ``adversarial``: the paper's adversarial term, weight 0.1) or ``NAME:KEY=VALUE,KEY=VALUE``
+(bundle keys). Arguments after ``--`` go to every run.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ DATASETS = {
     "piped_paper": {"bundle": "mvtec", "domain": "industrial", "categories": True, "args": ["--invert_masks", "True"]},
     "chest_xray": {"bundle": "mvtec", "domain": "medical"},
 }
-CONFIGS = {"multiad": [], "distill": ["--adversarial_weight", "0.0"]}
+CONFIGS = {"multiad": [], "distill": ["--adversarial_weight", "0.0"], "adversarial": ["--adversarial_weight", "0.1"]}
 
 
 @dataclass
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_root", required=True, help="folder holding the datasets, e.g. ../shared/data")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), help="NAME or NAME=BUNDLE:DOMAIN")
     parser.add_argument("--categories", default="", help="comma-separated categories (default: all with defects)")
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), help="NAME or NAME:KEY=VALUE,...")
+    parser.add_argument("--configs", nargs="+", default=["multiad", "adversarial"], help="NAME or NAME:KEY=VALUE,...")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--output_dir", required=True, help="runs, mlruns.db and comparison/ go here")
     parser.add_argument("--experiment_name", default="cross_domain")
