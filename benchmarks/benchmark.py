@@ -1,7 +1,8 @@
 """Speed and memory of Multi-AD on random (seeded) images: training and inference throughput, latency, peak memory.
 
 Training runs real ``MultiADTrainer`` iterations (student step, and discriminator step with
-``--adversarial_weight`` > 0) on a DataLoader of random images; inference is the eval forward (anomaly map + score). Warm-up iterations are not timed.
+``--adversarial_weight`` > 0) on a DataLoader of random images; inference is the eval forward (anomaly map +
+score). Warm-up iterations are not timed.
 
     python benchmarks/benchmark.py --teacher efficientnet-lite0 --image_size 256 --batch_size 16 --device cpu
     python benchmarks/benchmark.py --image_size 256 --batch_size 32 --device cuda --amp --channels_last \\
@@ -156,7 +157,9 @@ def main() -> dict:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per measurement")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations before each measurement")
-    parser.add_argument("--adversarial_weight", type=float, default=0.0, help="0 (the bundles' default): no discriminator")
+    parser.add_argument(
+        "--adversarial_weight", type=float, default=0.0, help="0 (the bundles' default): no discriminator"
+    )
     parser.add_argument("--amp", action="store_true", help="torch.autocast (bf16 on CPU, fp16 on CUDA)")
     parser.add_argument("--channels_last", action="store_true", help="channels_last model and inputs")
     parser.add_argument("--seed", type=int, default=0)
