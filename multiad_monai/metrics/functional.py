@@ -43,7 +43,7 @@ def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
     """ROC AUC over all pixels of anomaly maps ``(N, H, W)`` against binary masks of the same shape.
 
     The same value as ``sklearn.metrics.roc_auc_score`` (ties count half), computed with one sort and cumulative
-    sums: sklearn's input checks take ~8x longer than that on millions of pixels.
+    sums: on millions of pixels sklearn takes 5-8x longer.
     """
     masks = np.asarray(masks).ravel().astype(bool)
     if not _both_classes(masks):
