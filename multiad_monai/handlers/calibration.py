@@ -92,8 +92,7 @@ class CalibrationHandler:
             if head.has_prior:
                 prior_maps.append(head.prior_map(teacher, x.shape[-2:]))
         scale_maps = torch.cat(scale_maps, dim=1)
-        if head.fusion == "standardized":
-            head.fit_scales(scale_maps)
+        head.fit_scales(scale_maps)
         student_maps = head.fuse_student(scale_maps)
         prior_maps = torch.cat(prior_maps) if head.has_prior else None
         if head.has_prior:

@@ -104,8 +104,10 @@ class AnomalyMapGenerator(nn.Module):
         self, teacher: list[torch.Tensor], reference: list[torch.Tensor], size: tuple[int, int]
     ) -> torch.Tensor:
         """Per-scale ``1 - cos`` upsampled to ``size`` and fused: ``(N, 1, H, W)``, not smoothed."""
-        maps = self.scale_maps(teacher, reference, size)
-        return maps.prod(0) if self.fusion == "product" else maps.mean(0)
+        return self._fuse_scales(self.scale_maps(teacher, reference, size))
+
+    def _fuse_scales(self, scale_maps: torch.Tensor) -> torch.Tensor:
+        return scale_maps.prod(0) if self.fusion == "product" else scale_maps.mean(0)
 
     def fuse_student(self, scale_maps: torch.Tensor) -> torch.Tensor:
         """The student component from its :meth:`scale_maps`: fused as :meth:`distance_map` fuses, each scale over
@@ -114,7 +116,7 @@ class AnomalyMapGenerator(nn.Module):
             if not torch.isfinite(self.scale_std).all():
                 raise RuntimeError("the scales are not fitted: run calibration on normal images after training")
             scale_maps = scale_maps / self.scale_std.view(-1, 1, 1, 1, 1)
-        return scale_maps.prod(0) if self.fusion == "product" else scale_maps.mean(0)
+        return self._fuse_scales(scale_maps)
 
     def student_map(
         self, teacher: list[torch.Tensor], student: list[torch.Tensor], size: tuple[int, int]
@@ -164,8 +166,10 @@ class AnomalyMapGenerator(nn.Module):
 
     @torch.no_grad()
     def fit_scales(self, student_scale_maps: torch.Tensor) -> None:
-        """Each scale's std over held-out normal pixels, from :meth:`scale_maps` of the student ``(S, N, 1, H, W)``."""
-        self.scale_std.copy_(student_scale_maps.flatten(1).float().std(1).clamp(min=1e-8))
+        """Each scale's std over held-out normal pixels, from :meth:`scale_maps` of the student ``(S, N, 1, H, W)``
+        (nothing to fit unless ``fusion="standardized"``)."""
+        if self.fusion == "standardized":
+            self.scale_std.copy_(student_scale_maps.flatten(1).float().std(1).clamp(min=1e-8))
 
     @torch.no_grad()
     def fit_prior(self, teacher_batches: Iterable[list[torch.Tensor]]) -> None:
