@@ -14,11 +14,12 @@ from typing import Any
 
 from multiad_monai.transforms.array import SLICE_AXCODES, SLICE_AXIS
 
-__all__ = ["Recipe", "RECIPE_VERSION", "INTENSITY_MODES", "RESIZE_MODES", "check_given"]
+__all__ = ["Recipe", "RECIPE_VERSION", "INTENSITY_MODES", "PRIOR_REFERENCES", "RESIZE_MODES", "check_given"]
 
 RECIPE_VERSION = 1
 INTENSITY_MODES = ("percentile", "dtype", "hu")
 RESIZE_MODES = ("stretch", "pad")
+PRIOR_REFERENCES = ("mean", "nearest", "auto")
 
 
 def _tuple(value: Any, cast: type) -> tuple | None:
@@ -54,6 +55,10 @@ class Recipe:
         threshold_sigmas: default threshold = normal mean + this many standard deviations of normal scores.
         prior_weight: weight of the teacher prior in the anomaly map (0: the paper's student-only map), see
             :class:`~multiad_monai.networks.AnomalyMapGenerator`.
+        prior_reference: what the prior compares each teacher feature with: ``"mean"`` (the mean normal feature at
+            its location), ``"nearest"`` (the most similar normal training feature there or one location away) or
+            ``"auto"`` (the nearest where location matters, chosen in calibration), see
+            :class:`~multiad_monai.networks.AnomalyMapGenerator`.
         adaptive_prior: raise the prior's weight (up to 16x) when the student's distance on held-out normal
             images exceeds that on its training images (a small training set it memorised), see
             :func:`~multiad_monai.networks.anomaly_map.prior_gain`.
@@ -79,6 +84,7 @@ class Recipe:
     topk_ratio: float = 0.01
     threshold_sigmas: float = 3.0
     prior_weight: float = 0.0
+    prior_reference: str = "mean"
     adaptive_prior: bool = False
 
     def __post_init__(self) -> None:
@@ -110,6 +116,8 @@ class Recipe:
                 f"slices are cut in {SLICE_AXCODES} along axis {SLICE_AXIS} (as data_prep writes them), got "
                 f"{self.slice_axcodes} along axis {self.slice_axis}"
             )
+        if self.prior_reference not in PRIOR_REFERENCES:
+            raise ValueError(f"prior_reference must be one of {PRIOR_REFERENCES}, got {self.prior_reference!r}")
         if self.prior_weight < 0:
             raise ValueError(f"prior_weight must be >= 0, got {self.prior_weight}")
         for name in ("percentiles", "hu_window"):

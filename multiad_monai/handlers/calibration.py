@@ -24,15 +24,18 @@ class CalibrationHandler:
        (``torch.optim.swa_utils.update_bn``): the anomaly map is computed in eval mode, and running averages
        collected while the weights were still moving describe an older network.
     2. With a teacher prior (``Recipe.prior_weight > 0``), the mean normal teacher feature at each location is
-       taken over the training images, and both map components are standardised on the held-out images (with
-       ``fusion="standardized"`` each scale of the student map first, see ``AnomalyMapGenerator.fit_scales``); with
-       ``Recipe.adaptive_prior`` the student map on as many training images sets the prior's gain.
+       taken over the training images (with ``Recipe.prior_reference`` ``"nearest"`` or ``"auto"`` also a bank
+       of their features; ``"auto"`` keeps it only where it fits the held-out images clearly better), and both map
+       components are standardised on the held-out images (with ``fusion="standardized"`` each scale of the
+       student map first, see ``AnomalyMapGenerator.fit_scales``); with ``Recipe.adaptive_prior`` the student map
+       on as many training images sets the prior's gain.
     3. The network is run on held-out normal images and their score statistics are stored in its buffers.
 
     Args:
         network: the trained :class:`MultiAD`.
         data_loader: normal images not used for training (batches of dicts with ``image``).
-        train_data_loader: the training images, for the batch-norm statistics (skipped when None).
+        train_data_loader: all training images, for the batch-norm statistics (skipped when None; a short last
+            batch is left out of them) and the teacher prior.
         event: when to calibrate; defaults to the end of training.
     """
 
@@ -63,6 +66,13 @@ class CalibrationHandler:
         def images(loader: Iterable):
             return (image(b) for b in loader)
 
+        def full_batches(loader: Iterable):  # update_bn averages batches alike: a short last one would count fully
+            size = None
+            for x in images(loader):
+                size = size or len(x)
+                if len(x) == size:
+                    yield x
+
         def teacher_features(batch: dict) -> list[torch.Tensor]:  # cached with the training images when they are
             cached = cached_teacher_features(batch, device)
             return cached if cached is not None else network.teacher(image(batch))
@@ -78,12 +88,16 @@ class CalibrationHandler:
             return torch.cat(maps)
 
         if self.train_data_loader is not None:
-            update_bn(images(self.train_data_loader), network.student)
+            update_bn(full_batches(self.train_data_loader), network.student)
         network.eval()
         if head.has_prior:
             if self.train_data_loader is None:
                 raise ValueError("a model with a teacher prior needs train_data_loader to fit the prior")
             head.fit_prior(teacher_features(b) for b in self.train_data_loader)
+            if head.prior_reference == "auto":
+                ratio = head.fit_reference(network.teacher(x) for x in images(self.data_loader))
+                reference = "nearest normal feature" if head.uses_nearest else "mean normal feature"
+                self.logger.info(f"teacher prior: nearest / mean distance {ratio:.3f} -> {reference}")
         # one pass over the held-out images: the student's per-scale maps (to fit the scales, then fused) and the prior
         scale_maps, prior_maps = [], []
         for x in images(self.data_loader):

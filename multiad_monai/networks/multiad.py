@@ -82,6 +82,7 @@ class MultiAD(nn.Module):
             r.prior_weight,
             r.adaptive_prior,
             num_scales=len(feature_channels(teacher, layers)),
+            prior_reference=r.prior_reference,
         )
         for name in ("score_mean", "score_std", "pixel_mean", "pixel_std"):
             self.register_buffer(name, torch.tensor(float("nan")))
