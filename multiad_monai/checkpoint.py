@@ -113,17 +113,17 @@ def _summary(keys: Sequence[str], n: int = 4) -> str:
     return f"{len(keys)} in " + ", ".join(groups[:n]) + (", ..." if len(groups) > n else "")
 
 
+def _fixed_shape(key: str, tensor: torch.Tensor) -> tuple[int, ...]:
+    """The shape a network fixes: the prior's bank holds as many images as calibration kept."""
+    return tuple(tensor.shape[1:] if ".prior_bank" in key else tensor.shape)
+
+
 def _check_fits(state: Mapping[str, Any], network: MultiAD, ckpt_path: str, require_calibrated: bool) -> None:
     expected = network.state_dict()
     tensors = [k for k in expected if k != RECIPE_KEY]
     missing = [k for k in tensors if k not in state]
     unexpected = [k for k in state if k not in expected]
-    # the prior's bank holds as many images as calibration kept: only its feature shape is fixed
-    reshaped = [
-        k
-        for k in tensors
-        if k in state and state[k].shape[".prior_bank" in k :] != expected[k].shape[".prior_bank" in k :]
-    ]
+    reshaped = [k for k in tensors if k in state and _fixed_shape(k, state[k]) != _fixed_shape(k, expected[k])]
     if missing or unexpected or reshaped:
         guess = _guess_teacher(list(state))
         differences = (("missing keys:", missing), ("unexpected keys:", unexpected), ("other shapes:", reshaped))

@@ -57,7 +57,7 @@ class Recipe:
             :class:`~multiad_monai.networks.AnomalyMapGenerator`.
         prior_reference: what the prior compares each teacher feature with: ``"mean"`` (the mean normal feature at
             its location), ``"nearest"`` (the most similar normal training feature there or one location away) or
-            ``"auto"`` (the nearest where location matters, chosen in calibration), see
+            ``"auto"`` (the nearest where it fits held-out normal images clearly better, chosen in calibration), see
             :class:`~multiad_monai.networks.AnomalyMapGenerator`.
         adaptive_prior: raise the prior's weight (up to 16x) when the student's distance on held-out normal
             images exceeds that on its training images (a small training set it memorised), see

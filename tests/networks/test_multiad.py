@@ -6,6 +6,7 @@ from monai.data import DataLoader, Dataset
 
 from multiad_monai.checkpoint import load_model
 from multiad_monai.data import with_teacher_features
+from multiad_monai.export import export_torchscript
 from multiad_monai.handlers import CalibrationHandler
 from multiad_monai.networks import (
     AnomalyMapGenerator,
@@ -246,6 +247,8 @@ def test_nearest_prior_keeps_a_bank_of_the_training_images_and_travels_with_the_
     assert other.recipe.prior_reference == "nearest" and [len(b) for b in other.anomaly_map.prior_banks] == [5, 5, 5]
     with torch.no_grad():
         assert torch.allclose(other(normal).pred_score, out.pred_score)
+    export_torchscript(other, str(tmp_path / "model.ts"))  # the search traces into the exported model
+    assert torch.allclose(torch.jit.load(str(tmp_path / "model.ts"))(normal)[1], out.pred_score, atol=1e-5)
 
 
 def _scene(count: int, texture: bool) -> torch.Tensor:
