@@ -90,18 +90,19 @@ class CalibrationHandler:
         if self.train_data_loader is not None:
             update_bn(full_batches(self.train_data_loader), network.student)
         network.eval()
+        # the held-out images and their teacher features, once: the prior's reference and the maps below use them
+        held_out = [(x, network.teacher(x)) for x in images(self.data_loader)]
         if head.has_prior:
             if self.train_data_loader is None:
                 raise ValueError("a model with a teacher prior needs train_data_loader to fit the prior")
             head.fit_prior(teacher_features(b) for b in self.train_data_loader)
             if head.prior_reference == "auto":
-                ratio = head.fit_reference(network.teacher(x) for x in images(self.data_loader))
+                ratio = head.fit_reference(teacher for _, teacher in held_out)
                 reference = "nearest normal feature" if head.uses_nearest else "mean normal feature"
                 self.logger.info(f"teacher prior: nearest / mean distance {ratio:.3f} -> {reference}")
         # one pass over the held-out images: the student's per-scale maps (to fit the scales, then fused) and the prior
         scale_maps, prior_maps = [], []
-        for x in images(self.data_loader):
-            teacher = network.teacher(x)
+        for x, teacher in held_out:
             scale_maps.append(head.scale_maps(teacher, network.student(x), x.shape[-2:]))
             if head.has_prior:
                 prior_maps.append(head.prior_map(teacher, x.shape[-2:]))
