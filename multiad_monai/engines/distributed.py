@@ -44,9 +44,18 @@ def broadcast_buffers(network: nn.Module, src: int = 0) -> None:
     """Give every rank the buffers of rank ``src``, which alone calibrated after training.
 
     The distributed evaluation then scores every shard of the test set with the same teacher prior, fusion
-    statistics and re-estimated batch-norm statistics. A collective call: every rank must make it.
+    statistics, re-estimated batch-norm statistics and, where chosen, the same bank of normal features (whose size
+    only ``src`` knows). A collective call: every rank must make it.
     """
-    for buffer in network.buffers():
+    buffers = dict(network.named_buffers())
+    shapes = [{name: tuple(buffer.shape) for name, buffer in buffers.items()}]
+    torch.distributed.broadcast_object_list(shapes, src)
+    for name, shape in shapes[0].items():
+        buffer = buffers[name]
+        if tuple(buffer.shape) != shape:  # calibration sizes some buffers (the nearest prior's bank) on `src` alone
+            owner, _, attribute = name.rpartition(".")
+            buffer = buffer.new_empty(shape)
+            setattr(network.get_submodule(owner), attribute, buffer)
         contiguous = buffer.data.contiguous()  # gloo/NCCL need contiguous tensors (channels-last buffers are not)
         torch.distributed.broadcast(contiguous, src)
         buffer.data.copy_(contiguous)

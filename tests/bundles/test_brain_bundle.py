@@ -159,6 +159,8 @@ def test_two_process_ddp_training_on_cpu(mvtec_dir, tmp_path):
         "2",
         "--num_overlays",
         "2",
+        "--prior_reference",
+        "nearest",  # rank 0 alone sizes the bank of normal features; the broadcast must resize rank 1's
     ]
     configs = ("train.json", "multi_gpu_train.json", probe)
     result = run(bundle_command("brain", "training", out, *args, configs=configs, launcher=launcher))
