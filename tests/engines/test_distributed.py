@@ -30,4 +30,5 @@ def _broadcast_and_report(rank: int, init_file: str, results) -> None:
 def test_broadcast_buffers_gives_every_rank_rank_zeros_buffers_even_resized_ones(tmp_path):
     results = mp.Manager().dict()
     mp.spawn(_broadcast_and_report, args=(str(tmp_path / "init"), results), nprocs=2)
-    assert results[1] == results[0] == {"mean": [1.0] * 3, "inner.bank": [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0]]}
+    expected = {"mean": [1.0] * 3, "inner.bank": [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0]]}
+    assert results[1] == results[0] == expected
