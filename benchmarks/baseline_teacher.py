@@ -30,12 +30,14 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=4.0)
     parser.add_argument("--intensity", default="percentile", choices=["percentile", "dtype", "hu"])
     parser.add_argument("--invert_masks", action="store_true", help="masks draw defects in black (PIPED)")
+    # Multi-AD holds out calibration images by seed; the same seed gives the mean the same training images
+    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration split, as in training")
     parser.add_argument("--output", help="optional JSON file for the metrics")
     args = parser.parse_args()
 
     torch.set_grad_enabled(False)
     recipe = Recipe(image_size=args.image_size, intensity=args.intensity, sigma=args.sigma)
-    data = load_datasets(args.dataset_dir, recipe, invert_masks=args.invert_masks)
+    data = load_datasets(args.dataset_dir, recipe, seed=args.seed, invert_masks=args.invert_masks)
     teacher = build_teacher()
     head = AnomalyMapGenerator(sigma=args.sigma)
     start = time.perf_counter()
