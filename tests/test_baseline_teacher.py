@@ -3,18 +3,13 @@ calibration split that ``--seed`` picks, as a Multi-AD run with that seed does."
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import sys
 
-from tests.bundles.helpers import ROOT
+from tests.bundles.helpers import load_benchmark
 from tests.conftest import write_mvtec
 
-SCRIPT = os.path.join(ROOT, "benchmarks", "baseline_teacher.py")
-spec = importlib.util.spec_from_file_location("baseline_teacher", SCRIPT)
-baseline_teacher = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(baseline_teacher)
+baseline_teacher = load_benchmark("baseline_teacher")
 
 
 def _run(monkeypatch, dataset: str, output: str, *extra: str) -> dict:

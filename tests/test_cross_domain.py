@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-
 import mlflow
 import pytest
 
-from tests.bundles.helpers import ROOT
+from tests.bundles.helpers import load_benchmark
 from tests.conftest import write_mvtec
 
-spec = importlib.util.spec_from_file_location("cross_domain", os.path.join(ROOT, "benchmarks", "cross_domain.py"))
-cross_domain = sys.modules["cross_domain"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
-spec.loader.exec_module(cross_domain)
+cross_domain = load_benchmark("cross_domain")
 
 
 @pytest.fixture(scope="module")

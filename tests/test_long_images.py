@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
@@ -11,12 +10,10 @@ import pytest
 from PIL import Image
 
 from multiad_monai.data import aspect_preserving_size, index_dataset
-from tests.bundles.helpers import ROOT
+from tests.bundles.helpers import load_benchmark
 from tests.conftest import write_mvtec
 
-spec = importlib.util.spec_from_file_location("long_images", os.path.join(ROOT, "benchmarks", "long_images.py"))
-long_images = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(long_images)
+long_images = load_benchmark("long_images")
 
 
 def test_long_variant_places_each_defect_in_its_tile(tmp_path):
