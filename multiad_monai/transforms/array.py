@@ -21,6 +21,8 @@ from monai.utils import TransformBackends, convert_to_tensor
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 from PIL import Image
 
+from multiad_monai.transforms.dicom import DicomSeriesError, register_dicom_reader
+
 __all__ = [
     "SLICE_AXCODES",
     "SLICE_AXIS",
@@ -163,7 +165,7 @@ class OrientForSlicing(Orientation):
 
 
 def load_volume_for_slicing(path: str, dtype: DtypeLike | None = None) -> MetaTensor:
-    """Load a one-channel 3D image (NIfTI, ...) and reorient it with :class:`OrientForSlicing`.
+    """Load a one-channel 3D image (NIfTI, ..., a DICOM series folder) and reorient it with :class:`OrientForSlicing`.
 
     Cut the result with ``VolumeToSlices(axis=SLICE_AXIS)`` (or ``volume[0, :, :, k]``) to get axial slices
     in display orientation.
@@ -179,10 +181,14 @@ def load_volume_for_slicing(path: str, dtype: DtypeLike | None = None) -> MetaTe
         FileNotFoundError: when ``path`` does not exist.
         ValueError: naming ``path`` when it cannot be read or is not a one-channel 3D volume.
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"missing volume {path}")
+    loader = LoadImage(image_only=True, dtype=dtype)
+    register_dicom_reader(loader)
     try:
-        volume = EnsureChannelFirst()(LoadImage(image_only=True, dtype=dtype)(path))
+        volume = EnsureChannelFirst()(loader(path))
+    except (DicomSeriesError, ImportError):  # their messages name the series and the fix
+        raise
     except Exception as e:  # the readers raise many types for broken files
         raise ValueError(f"cannot read {path}: {e}") from e
     if volume.ndim != 4 or volume.shape[0] != 1:

@@ -24,6 +24,7 @@ from monai.transforms import (
 )
 
 from multiad_monai.transforms.array import image_reader
+from multiad_monai.transforms.dicom import register_dicom_reader
 from multiad_monai.transforms.dictionary import (
     CheckFinited,
     CheckHounsfieldd,
@@ -112,6 +113,9 @@ def image_transform(recipe: Recipe, invert_masks: bool = False, resize: bool = T
 def volume_transform(recipe: Recipe, labels: bool = True) -> Compose:
     """A 3D file ``{image: path[, mask: path]}`` -> the volume ``{image (1, X, Y, Z) in [0, 1][, mask, organ]}``.
 
+    ``image`` may also be a DICOM series: a folder, a multi-frame file, or the list of a series' files (see
+    :mod:`multiad_monai.transforms.dicom`).
+
     The volume is reoriented to ``SLICE_AXCODES`` (the convention data_prep writes its PNG slices in),
     intensity-scaled as a whole and, when ``recipe.organ_labels`` is set and a label map is given, masked to
     the organ. Cut it with :func:`slicing_transform` and finish each slice with :func:`slice_transform`.
@@ -126,9 +130,11 @@ def volume_transform(recipe: Recipe, labels: bool = True) -> Compose:
             SplitLabelsd("mask", "organ", recipe.organ_labels, recipe.lesion_labels),
             MaskIntensityd("image", mask_key="organ"),
         ]
+    load = LoadImaged(KEYS, image_only=True, dtype=None, allow_missing_keys=True)  # dtype: for intensity="dtype"
+    register_dicom_reader(load)  # DICOM series folders and multi-frame files; other files keep MONAI's readers
     return Compose(
         [
-            LoadImaged(KEYS, image_only=True, dtype=None, allow_missing_keys=True),  # dtype: for intensity="dtype"
+            load,
             EnsureChannelFirstd(KEYS, allow_missing_keys=True),
             OrientForSlicingd(KEYS, allow_missing_keys=True),
             CheckFinited("image"),
