@@ -4,11 +4,12 @@ A DICOM input is a folder of slices (with or without ``.dcm``), a study folder h
 one sub-folder each), or one multi-frame file. :func:`find_series` reads the headers only (pydicom), groups the
 images by ``SeriesInstanceUID`` and sorts each series along its slice normal. What is not part of an image
 volume is skipped with one log line each: non-image objects (SEG, SR, presentation states, RT, PDF, DICOMDIR),
-secondary captures and parametric maps, localizers / scouts and derived reformats, and images of a series whose
-orientation differs from the series' own (a localizer filed under the series' UID). A broken series raises a
-:class:`DicomSeriesError` naming it and the fix: slices of different sizes, missing slices (uneven spacing),
-two slices at one position (acquisitions mixed in one series), a single slice, a transfer syntax no installed
-decoder reads.
+parametric maps, secondary captures without patient position (screenshots, dose reports; ITK and SimpleITK
+write volumes as secondary captures with position and orientation, and those are read), localizers, scouts and
+derived reformats, and images whose orientation differs from their series' (a localizer filed under its UID).
+A broken series raises a :class:`DicomSeriesError` naming it and the fix: slices of different sizes, missing
+slices (uneven spacing), two slices at one position (acquisitions mixed in one series), a single slice, a
+transfer syntax no installed decoder reads.
 
 :class:`DicomSeriesReader` is a :class:`monai.data.ITKReader` that reads exactly the files of one checked series
 (ITK's GDCM decodes the pixels, applies rescale slope and intercept, and takes position, orientation and
@@ -87,6 +88,7 @@ NOT_VOLUME_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.7.4": "a secondary capture",
     "1.2.840.10008.1.3.10": "a DICOMDIR",
 }
+SECONDARY_CAPTURE_CLASSES = {uid for uid, what in NOT_VOLUME_CLASSES.items() if what == "a secondary capture"}
 NOT_VOLUME_IMAGE_TYPES = {
     "LOCALIZER": "a localizer",
     "SCOUT": "a scout",
@@ -180,6 +182,8 @@ def _header(path: str):
 def _not_volume(ds) -> str | None:
     """Why a header is no slice of an image volume, or None."""
     sop_class = str(getattr(ds, "SOPClassUID", ""))
+    if sop_class in SECONDARY_CAPTURE_CLASSES and _has_geometry(ds):
+        return None  # a slice as ITK and SimpleITK export volumes: it carries its position and orientation
     if sop_class in NOT_VOLUME_CLASSES:
         return NOT_VOLUME_CLASSES[sop_class]
     if "Rows" not in ds:
