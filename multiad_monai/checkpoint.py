@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import os
 import pickle
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,15 @@ from multiad_monai.networks.multiad import MultiAD
 from multiad_monai.recipe import Recipe, check_given
 from multiad_monai.utils import atomic_write, check_path
 
-__all__ = ["CALIBRATION_BUFFERS", "load_checkpoint", "load_model", "read_recipe", "read_state", "upgrade"]
+__all__ = [
+    "CALIBRATION_BUFFERS",
+    "checkpoint_sha256",
+    "load_checkpoint",
+    "load_model",
+    "read_recipe",
+    "read_state",
+    "upgrade",
+]
 
 CALIBRATION_BUFFERS = ("score_mean", "score_std", "pixel_mean", "pixel_std")
 RECIPE_KEY = "_extra_state"
@@ -33,6 +42,15 @@ _UPGRADE = (
     "python -m multiad_monai.checkpoint --ckpt_path {path} --output NEW.pt "
     "--config_file bundles/<domain>/train.json [--image_size N ... the options it was trained with]"
 )
+
+
+def checkpoint_sha256(ckpt_path: str) -> str:
+    """The SHA-256 of a checkpoint file (hex): which weights produced a result."""
+    digest = hashlib.sha256()
+    with open(ckpt_path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_state(ckpt_path: str) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Inference on 2D images and 3D volumes with a trained, calibrated :class:`MultiAD`.
 
 One path serves the inference bundle and the MONAI Label app: 2D files stream through a DataLoader in
-batches; a 3D volume is reoriented to the recipe's slice orientation, cut into axial slices, scored in
-batches, and its slice maps are stacked and mapped back to the input's own orientation, shape and affine.
-Preprocessing comes from the network's recipe, through the same chains training and evaluation use.
+batches; a 3D volume (a file, or a DICOM series) is reoriented to the recipe's slice orientation, cut into axial
+slices, scored in batches, and its slice maps are stacked and mapped back to the input's own orientation, shape
+and affine. Preprocessing comes from the network's recipe, through the same chains training and evaluation use.
+A DICOM series also gets its label as a DICOM SEG and its heat map as a Parametric Map
+(:mod:`multiad_monai.dicom_output`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from monai.data import DataLoader, MetaTensor
 from monai.transforms import Compose
 from PIL import Image
 
+from multiad_monai.checkpoint import checkpoint_sha256
 from multiad_monai.data.datasets import NamedErrorDataset, apply_named
 from multiad_monai.data.layouts import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, file_stem
+from multiad_monai.dicom_output import write_heatmap, write_segmentation
 from multiad_monai.networks.multiad import MultiAD
+from multiad_monai.transforms.dicom import DicomSeries, find_series, is_dicom_file, is_dicom_input
 from multiad_monai.transforms.preprocessing import (
     image_transform,
     network_input,
@@ -36,20 +41,30 @@ from multiad_monai.transforms.preprocessing import (
 from multiad_monai.utils import check_path, staged_dir
 from multiad_monai.visualize import overlay
 
-__all__ = ["AnomalyInferer", "VolumePrediction", "list_inputs"]
+__all__ = ["AnomalyInferer", "Input", "VolumePrediction", "input_source", "list_inputs"]
 
 logger = logging.getLogger(__name__)
 
-CSV_COLUMNS = ["image", "score", "normalized_score", "is_anomalous", "top_slices"]
+CSV_COLUMNS = ["image", "score", "normalized_score", "is_anomalous", "top_slices", "series", "series_uid"]
+
+Input = str | DicomSeries  # an image or volume file, or one DICOM series
 
 
-def list_inputs(input_path: str | None) -> list[str]:
-    """One file, or the supported image/volume files of a folder (sorted); raises when there are none."""
+def list_inputs(input_path: str | None) -> list[Input]:
+    """What ``input_path`` holds: one file, one DICOM series or study, or a folder of them.
+
+    A folder gives its image and volume files (sorted), then every DICOM image series found in it and its
+    sub-folders (one input per series, see :func:`multiad_monai.transforms.dicom.find_series`); raises when there
+    are none.
+    """
     if not input_path:
-        raise ValueError("input_path is required: one image/volume file or a folder of them (--input_path PATH)")
+        raise ValueError(
+            "input_path is required: one image/volume file, a DICOM series or study folder, or a folder of them "
+            "(--input_path PATH)"
+        )
     check_path(input_path, "input_path")
     if os.path.isfile(input_path):
-        return [input_path]
+        return list(find_series(input_path)) if is_dicom_file(input_path) else [input_path]
     if not os.path.isdir(input_path):
         raise FileNotFoundError(f"input_path {input_path} does not exist")
     files = sorted(
@@ -57,22 +72,43 @@ def list_inputs(input_path: str | None) -> list[str]:
         for f in os.listdir(input_path)
         if f.lower().endswith(IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
     )
-    if not files:
-        raise ValueError(f"no image or volume files in {input_path} (expected {IMAGE_EXTENSIONS + VOLUME_EXTENSIONS})")
-    return files
+    series = find_series(input_path) if is_dicom_input(input_path) else []
+    if not files and not series:
+        raise ValueError(
+            f"no image or volume files in {input_path} (expected {IMAGE_EXTENSIONS + VOLUME_EXTENSIONS} or DICOM "
+            "series)"
+        )
+    return files + series
 
 
-def output_names(paths: Sequence[str]) -> dict[str, str]:
-    """The name each input's outputs are written under: its stem, or its whole file name (dots as ``_``) when two
-    inputs share a stem (``scan.png`` and ``scan.jpg`` give ``scan_png`` and ``scan_jpg``)."""
-    stems = [file_stem(p) for p in paths]
-    return {
-        p: stem if stems.count(stem) == 1 else os.path.basename(p).replace(".", "_") for p, stem in zip(paths, stems)
-    }
+def output_names(inputs: Sequence[Input]) -> dict[Input, str]:
+    """The name each input's outputs are written under.
+
+    A file's stem, or its whole file name (dots as ``_``) when two inputs share a stem (``scan.png`` and
+    ``scan.jpg`` give ``scan_png`` and ``scan_jpg``); a DICOM series' number and description (``3_AX_T2``), with
+    the end of its UID when two series share them.
+    """
+    stems = [item.name if isinstance(item, DicomSeries) else file_stem(item) for item in inputs]
+    names = {}
+    for item, stem in zip(inputs, stems):
+        if stems.count(stem) == 1:
+            names[item] = stem
+        elif isinstance(item, DicomSeries):
+            names[item] = f"{stem}_{item.uid.rsplit('.', 1)[-1][-8:]}"
+        else:
+            names[item] = os.path.basename(item).replace(".", "_")
+    return names
 
 
-def _is_volume(path: str) -> bool:
-    return path.lower().endswith(VOLUME_EXTENSIONS)
+def _is_volume(item: Input) -> bool:
+    return isinstance(item, DicomSeries) or item.lower().endswith(VOLUME_EXTENSIONS)
+
+
+def input_source(item: Input) -> str:
+    """Where an input lies: its file, or the folder (multi-frame file) of a DICOM series."""
+    if isinstance(item, DicomSeries):
+        return item.files[0] if item.frames else os.path.commonpath(item.files)
+    return item
 
 
 @dataclass
@@ -93,7 +129,9 @@ class AnomalyInferer:
 
     Per 2D image: ``<stem>_map.npy`` (float map at the image's size), ``<stem>_overlay.png``. Per volume:
     ``<stem>_map.nii.gz`` (same shape and affine as the input), ``<stem>_slices.csv`` (one score per slice,
-    numbered as data_prep numbers its PNG slices) and an overlay of its most anomalous slice. One
+    numbered as data_prep numbers its PNG slices) and an overlay of its most anomalous slice. Per DICOM series
+    also ``<name>_seg.dcm`` (the label at the calibrated threshold as a DICOM Segmentation) and
+    ``<name>_heatmap.dcm`` (the normalised map as a Parametric Map), both referencing the series. One
     ``scores.csv`` row per input. Outputs are written to a temporary folder and moved into ``output_dir``
     only when every input succeeded.
 
@@ -103,6 +141,8 @@ class AnomalyInferer:
         batch_size: images (or slices) per forward pass.
         num_workers: DataLoader workers for 2D inputs.
         top_k_slices: how many most anomalous slices of a volume the CSV lists.
+        checkpoint: the checkpoint file the network came from; its SHA-256 identifies the algorithm in DICOM results.
+        dicom_output: write DICOM SEG and Parametric Map results for DICOM series (needs the ``dicom`` extra).
     """
 
     def __init__(
@@ -112,6 +152,8 @@ class AnomalyInferer:
         batch_size: int = 16,
         num_workers: int = 0,
         top_k_slices: int = 3,
+        checkpoint: str | None = None,
+        dicom_output: bool = True,
     ) -> None:
         if not network.is_calibrated:
             raise ValueError("the network is not calibrated: load a checkpoint written at the end of training")
@@ -120,6 +162,8 @@ class AnomalyInferer:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.top_k_slices = top_k_slices
+        self.checkpoint_sha256 = checkpoint_sha256(checkpoint) if checkpoint else "unknown"
+        self.dicom_output = dicom_output
         recipe = network.recipe
         if recipe.organ_labels:
             logger.warning(
@@ -171,9 +215,10 @@ class AnomalyInferer:
                     restored = F.interpolate(restored[None], size=(height, width), mode="bilinear")[0]
                 yield original["path"], self.to_rgb(original)["image"].numpy(), restored[0].numpy(), float(score)
 
-    def predict_volume(self, path: str) -> VolumePrediction:
-        """Slice-wise prediction of one 3D volume, mapped back to the input's geometry."""
-        volume = apply_named(self.volume_chain, {"image": path})
+    def predict_volume(self, path: Input) -> VolumePrediction:
+        """Slice-wise prediction of one 3D volume (a file, a DICOM series folder or a :class:`DicomSeries`), mapped
+        back to the input's geometry (a DICOM series: ITK's array order, columns, rows, slices in position order)."""
+        volume = apply_named(self.volume_chain, {"image": path.files if isinstance(path, DicomSeries) else path})
         slices = apply_named(self.slicer, volume)  # also rejects anything but one-channel 3D volumes
         maps, scores = [], []
         for start in range(0, len(slices), self.batch_size):
@@ -189,7 +234,7 @@ class AnomalyInferer:
             self.network.normalize_map(maps[worst].to(self.network.score_mean)).cpu().numpy(),
         )
         restored = self._restore(self.volume_chain, volume["image"], oriented)[0].numpy()
-        if path.lower().endswith((".nii", ".nii.gz")):
+        if isinstance(path, str) and path.lower().endswith((".nii", ".nii.gz")):
             affine = nib.load(path).affine  # exactly the input's header affine
         else:
             affine = np.asarray(volume["image"].meta["original_affine"])
@@ -197,7 +242,7 @@ class AnomalyInferer:
 
     def __call__(self, input_path: str, output_dir: str) -> list[dict]:
         """Score every input under ``input_path`` and write maps, overlays and ``scores.csv`` to ``output_dir``."""
-        paths = list_inputs(input_path)
+        inputs = list_inputs(input_path)
         if not output_dir:
             raise ValueError("output_dir is required (--output_dir DIR): maps, overlays and scores.csv go there")
         check_path(output_dir, "output_dir")
@@ -207,9 +252,9 @@ class AnomalyInferer:
                 "pass another --output_dir (a sub-folder is fine)"
             )
         with staged_dir(output_dir, merge=True) as staging:  # all files appear only once every input succeeded
-            names = output_names(paths)
-            rows = self._write_images(paths, names, staging) + self._write_volumes(paths, names, staging)
-            rows.sort(key=lambda row: paths.index(row["image"]))
+            names = output_names(inputs)
+            rows = {**self._write_images(inputs, names, staging), **self._write_volumes(inputs, names, staging)}
+            rows = [rows[item] for item in inputs]
             with open(os.path.join(staging, "scores.csv"), "w", newline="", encoding="utf-8") as f:
                 writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
                 writer.writeheader()
@@ -217,19 +262,22 @@ class AnomalyInferer:
         logger.info(f"scored {len(rows)} inputs; results in {output_dir}")
         return rows
 
-    def _row(self, path: str, score: float, top_slices: str = "") -> dict:
+    def _row(self, item: Input, score: float, top_slices: str = "", name: str = "") -> dict:
         normalized = float(self.network.normalize_score(torch.tensor(score, device=self.network.score_mean.device)))
+        series = isinstance(item, DicomSeries)
         return {
-            "image": path,
+            "image": input_source(item),
             "score": f"{score:.6f}",
             "normalized_score": f"{normalized:.4f}",
             "is_anomalous": int(normalized > 0.5),
             "top_slices": top_slices,
+            "series": name if series else "",
+            "series_uid": item.uid if series else "",
         }
 
-    def _write_images(self, paths: list[str], names: dict[str, str], out: str) -> list[dict]:
-        images = [p for p in paths if not _is_volume(p)]
-        rows = []
+    def _write_images(self, inputs: list[Input], names: dict[Input, str], out: str) -> dict[Input, dict]:
+        images = [p for p in inputs if not _is_volume(p)]
+        rows = {}
         for path, image, anomaly_map, score in self.predict_images(images) if images else []:
             stem = names[path]
             # float16: a heat map needs no more, and a full-size map of a large file stays half as large
@@ -239,14 +287,16 @@ class AnomalyInferer:
                 shown = F.interpolate(shown, size=image.shape[1:], mode="area")
             normalized = self.network.normalize_map(shown[0, 0].to(self.network.score_mean)).cpu().numpy()
             Image.fromarray(overlay(image, normalized)).save(os.path.join(out, f"{stem}_overlay.png"))
-            rows.append(self._row(path, score))
+            rows[path] = self._row(path, score)
         return rows
 
-    def _write_volumes(self, paths: list[str], names: dict[str, str], out: str) -> list[dict]:
-        rows = []
-        for path in (p for p in paths if _is_volume(p)):
+    def _write_volumes(self, inputs: list[Input], names: dict[Input, str], out: str) -> dict[Input, dict]:
+        rows = {}
+        for path in (p for p in inputs if _is_volume(p)):
             prediction = self.predict_volume(path)
             stem = names[path]
+            if isinstance(path, DicomSeries) and self.dicom_output:
+                self._write_dicom(path, prediction, os.path.join(out, stem))
             nifti = nib.Nifti1Image(prediction.anomaly_map.astype(np.float32), prediction.affine)
             nib.save(nifti, os.path.join(out, f"{stem}_map.nii.gz"))
             Image.fromarray(prediction.worst_slice_overlay).save(os.path.join(out, f"{stem}_overlay.png"))
@@ -254,7 +304,17 @@ class AnomalyInferer:
             with open(os.path.join(out, f"{stem}_slices.csv"), "w", newline="", encoding="utf-8") as f:
                 writer = csv.DictWriter(f, fieldnames=["slice", "score", "normalized_score", "is_anomalous"])
                 writer.writeheader()
-                writer.writerows({"slice": r.pop("image"), **r} for r in slice_rows if not r.pop("top_slices"))
-            top = np.argsort(-prediction.slice_scores)[: self.top_k_slices]
-            rows.append(self._row(path, float(prediction.slice_scores.max()), ";".join(str(int(i)) for i in top)))
+                writer.writerows(
+                    {"slice": r["image"], **{k: r[k] for k in ("score", "normalized_score", "is_anomalous")}}
+                    for r in slice_rows
+                )
+            top = ";".join(str(int(i)) for i in np.argsort(-prediction.slice_scores)[: self.top_k_slices])
+            rows[path] = self._row(path, float(prediction.slice_scores.max()), top, stem)
         return rows
+
+    def _write_dicom(self, series: DicomSeries, prediction: VolumePrediction, prefix: str) -> None:
+        """The label at the calibrated threshold as ``<prefix>_seg.dcm``, the heat map as ``<prefix>_heatmap.dcm``."""
+        raw = torch.from_numpy(prediction.anomaly_map.astype(np.float32)).to(self.network.score_mean)
+        normalized = self.network.normalize_map(raw).cpu().numpy()
+        write_segmentation(series, normalized > 0.5, f"{prefix}_seg.dcm", 0.5, self.checkpoint_sha256)
+        write_heatmap(series, normalized, f"{prefix}_heatmap.dcm", self.checkpoint_sha256)

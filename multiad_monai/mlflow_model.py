@@ -9,7 +9,8 @@ artifact; :func:`load_inferer` is the one place that turns it back into an infer
     maps = model.predict({"image": ["a.png"]}, params={"return_maps": True})["anomaly_map"]  # (H, W) each
 
 Inputs are 2D image files or 3D volumes (slice-wise, as the inference bundle); a volume's score is its
-most anomalous slice's.
+most anomalous slice's. A DICOM series folder, study folder or multi-frame file gives one row per series, with
+its ``series_uid``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from mlflow.types.schema import Array
 from multiad_monai import __version__
 from multiad_monai.checkpoint import load_model, read_recipe
 from multiad_monai.data.layouts import VOLUME_EXTENSIONS
-from multiad_monai.inference import AnomalyInferer
+from multiad_monai.inference import AnomalyInferer, Input, input_source, list_inputs
+from multiad_monai.transforms.dicom import is_dicom_input
 
 __all__ = ["MultiADPyfunc", "load_inferer", "log_pyfunc_model", "SIGNATURE", "ARTIFACT_PATH"]
 
@@ -46,6 +48,7 @@ SIGNATURE = ModelSignature(
             ColSpec("double", "score"),
             ColSpec("double", "normalized_score"),
             ColSpec("boolean", "is_anomalous"),
+            ColSpec("string", "series_uid", required=False),
             ColSpec(Array(Array("double")), "anomaly_map", required=False),
         ]
     ),
@@ -74,7 +77,8 @@ def load_inferer(ckpt_path: str, device: str | torch.device = "cpu", batch_size:
         device: where to run.
         batch_size: images per forward pass.
     """
-    return AnomalyInferer(load_model(ckpt_path, device=device), device=device, batch_size=batch_size)
+    network = load_model(ckpt_path, device=device)
+    return AnomalyInferer(network, device=device, batch_size=batch_size, checkpoint=ckpt_path)
 
 
 def _paths(model_input: Any) -> list[str]:
@@ -120,32 +124,34 @@ class MultiADPyfunc(mlflow.pyfunc.PythonModel):
         """
         params = {**{spec.name: spec.default for spec in SIGNATURE.params.params}, **(params or {})}
         paths = _paths(model_input)
-        missing = [p for p in paths if not os.path.isfile(p)]
+        missing = [p for p in paths if not os.path.exists(p)]
         if missing:
             raise FileNotFoundError(f"input images not found: {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+        # a DICOM series folder, study folder or multi-frame file gives one input per series
+        inputs = [item for p in paths for item in (list_inputs(p) if is_dicom_input(p) else [p])]
         inferer = self.inferer
         inferer.batch_size = int(params["batch_size"])
-        results: dict[str, tuple[float, np.ndarray]] = {}
-        volumes = [p for p in paths if p.lower().endswith(VOLUME_EXTENSIONS)]
-        images = [p for p in paths if p not in volumes]
+        results: dict[Input, tuple[float, np.ndarray]] = {}
+        images = [p for p in inputs if isinstance(p, str) and not p.lower().endswith(VOLUME_EXTENSIONS)]
         for path, _, anomaly_map, score in inferer.predict_images(images) if images else []:
             results[path] = (score, anomaly_map)
-        for path in volumes:
-            prediction = inferer.predict_volume(path)
-            results[path] = (float(prediction.slice_scores.max()), prediction.anomaly_map)
+        for item in (p for p in inputs if p not in images):
+            prediction = inferer.predict_volume(item)
+            results[item] = (float(prediction.slice_scores.max()), prediction.anomaly_map)
         network = inferer.network
-        scores = np.array([results[p][0] for p in paths], dtype=np.float64)
+        scores = np.array([results[p][0] for p in inputs], dtype=np.float64)
         normalized = network.normalize_score(torch.as_tensor(scores, device=network.score_mean.device)).cpu().numpy()
         output = pd.DataFrame(
             {
-                "image": paths,
+                "image": [input_source(p) for p in inputs],
                 "score": scores,
                 "normalized_score": normalized.astype(np.float64),
                 "is_anomalous": normalized > float(params["threshold"]),
+                "series_uid": ["" if isinstance(p, str) else p.uid for p in inputs],
             }
         )
         if params["return_maps"]:
-            output["anomaly_map"] = [results[p][1].astype(np.float64).tolist() for p in paths]
+            output["anomaly_map"] = [results[p][1].astype(np.float64).tolist() for p in inputs]
         return output
 
 

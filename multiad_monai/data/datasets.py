@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -65,6 +66,14 @@ def _slice_samples(items: list[dict], transform: Compose, training: bool) -> lis
     return samples
 
 
+def _name(value) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):  # the files of a DICOM series
+        return f"the series of {len(value)} files in {os.path.dirname(value[0])}"
+    return source_name(value)
+
+
 def apply_named(transform: Compose, item: dict):
     """Apply ``transform`` to a sample dict; on failure raise a ``ValueError`` naming its files and the root cause."""
     try:
@@ -76,7 +85,7 @@ def apply_named(transform: Compose, item: dict):
             cause = cause.__cause__
         # an already loaded array is named by its source file, never printed whole
         named = [item[k] for k in ("image", "mask") if k in item]
-        files = ", ".join(v if isinstance(v, str) else source_name(v) for v in named)
+        files = ", ".join(_name(v) for v in named)
         raise ValueError(f"cannot load {files}: {cause}") from e
 
 

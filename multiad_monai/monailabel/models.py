@@ -8,7 +8,6 @@ next request without a restart.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from multiad_monai.checkpoint import load_model
+from multiad_monai.checkpoint import checkpoint_sha256, load_model
 from multiad_monai.inference import AnomalyInferer
 
 __all__ = ["BundleModel", "Checkpoint", "load_inferer", "RUN_FILE"]
@@ -34,7 +33,8 @@ def load_inferer(ckpt_path: str, device: str, batch_size: int = 16) -> AnomalyIn
         FileNotFoundError: no file at ``ckpt_path``.
         ValueError: the file is corrupt, not calibrated, or written before checkpoints carried their recipe.
     """
-    return AnomalyInferer(load_model(ckpt_path, device=device), device=device, batch_size=batch_size)
+    network = load_model(ckpt_path, device=device)
+    return AnomalyInferer(network, device=device, batch_size=batch_size, checkpoint=ckpt_path)
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,6 @@ class Checkpoint:
 
     def as_dict(self) -> dict[str, str]:
         return {"path": self.path, "sha256": self.key}
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 class BundleModel:
@@ -109,7 +101,7 @@ class BundleModel:
         stat = os.stat(path)
         signature = (path, stat.st_mtime, stat.st_size)
         if signature not in self._keys:
-            self._keys[signature] = _sha256(path)
+            self._keys[signature] = checkpoint_sha256(path)[:16]
         return Checkpoint(path, self._keys[signature], stat.st_mtime)
 
     def inferer(self) -> tuple[AnomalyInferer, Checkpoint]:
