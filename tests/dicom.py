@@ -112,3 +112,27 @@ def ct_volume(shape=(6, 20, 24), seed: int = 0) -> np.ndarray:
     hu[:, 3:-3, 4:-4] = 40 + rng.normal(0, 10, (shape[0], shape[1] - 6, shape[2] - 8))
     hu[shape[0] // 2, 8:12, 10:14] = 300
     return np.round(hu + 1024).astype(np.int16)
+
+
+def write_dicom_volumes(root: str, n_train: int = 3, n_test: int = 2, shape=(12, 24, 24), seed: int = 4) -> str:
+    """The ``volumes`` layout with MR series as images: ``images{Tr,Ts}/case<i>/`` series folders (no extension)
+    and NIfTI labels ``labels{Tr,Ts}/case<i>.nii.gz`` in the series' geometry; test series carry a bright cube."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    origin, orientation, spacing, slice_spacing = (-24.0, -24.0, -12.0), (1, 0, 0, 0, 1, 0), (2.0, 2.0), 2.0
+    affine = series_affine(origin, orientation, spacing, slice_spacing)
+    for split, n in (("Tr", n_train), ("Ts", n_test)):
+        os.makedirs(f"{root}/labels{split}", exist_ok=True)
+        for i in range(n):
+            x = np.arange(shape[2])
+            stripes = 100 + 50 * np.sin(2 * np.pi * x / 8)[None, None, :] + rng.normal(0, 5, shape)
+            label = np.zeros(shape, dtype=np.uint8)  # (slices, rows, cols)
+            if split == "Ts":
+                label[4:7, 6:14, 6:14] = 1
+                stripes[label > 0] = 280
+            write_series(f"{root}/images{split}/case{i}", np.round(stripes).astype(np.int16), modality="MR",
+                         origin=origin, orientation=orientation, spacing=spacing, slice_spacing=slice_spacing,
+                         series_number=i + 1, description=f"AX FLAIR {split}{i}", seed=seed + i)  # fmt: skip
+            nib.save(nib.Nifti1Image(label.transpose(2, 1, 0), affine), f"{root}/labels{split}/case{i}.nii.gz")
+    return root

@@ -3,7 +3,9 @@
 Layouts:
 
 - ``volumes``: ``imagesTr/*.nii.gz`` (+ optional ``labelsTr/`` with the same file names), ``imagesTs/`` +
-  ``labelsTs/``. Lesion labels > 0; slices are cut later, training keeps lesion-free slices only.
+  ``labelsTs/``. Lesion labels > 0; slices are cut later, training keeps lesion-free slices only. An image may
+  also be a DICOM series: a sub-folder ``imagesTr/<case>/`` or a multi-frame ``<case>.dcm``, its label
+  ``labels*/<case>.nii.gz`` (or another volume format; ``data_prep.dicom`` converts DICOM SEG labels).
 - ``bmad``: ``train/good[/img]``, ``{valid,test}/{good,Ungood}[/img]``, masks in ``anomaly_mask/`` or ``label/``.
 - ``mvtec``: ``train/good``, ``test/<type>``, ``ground_truth/<type>/<stem>_mask.png``.
 """
@@ -15,6 +17,7 @@ import statistics
 
 from PIL import Image
 
+from multiad_monai.transforms.dicom import is_dicom_file, is_dicom_input
 from multiad_monai.utils.errors import check_path
 
 __all__ = [
@@ -115,12 +118,35 @@ def aspect_preserving_size(
     return [short, long] if aspect >= 1 else [long, short]
 
 
+def _volume_files(folder: str) -> list[str]:
+    """Volume files, DICOM series folders and DICOM files of ``folder``, sorted."""
+    if not os.path.isdir(folder):
+        return []
+    entries = [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if not f.startswith(".")]
+    return [
+        p
+        for p in entries
+        if (os.path.isfile(p) and (p.lower().endswith(VOLUME_EXTENSIONS) or is_dicom_file(p)))
+        or (os.path.isdir(p) and is_dicom_input(p))
+    ]
+
+
+def _volume_label(image: str, labels_dir: str) -> str:
+    """The label of a volume: the same file name, or for a DICOM series ``<case>`` any ``<case>.<volume ext>``."""
+    same = os.path.join(labels_dir, os.path.basename(image))
+    if os.path.isfile(same) or image.lower().endswith(VOLUME_EXTENSIONS):
+        return same
+    stem = file_stem(image) if os.path.isfile(image) else os.path.basename(image)
+    candidates = [os.path.join(labels_dir, stem + ext) for ext in VOLUME_EXTENSIONS]
+    return next((c for c in candidates if os.path.isfile(c)), candidates[1])
+
+
 def _index_volumes(root: str) -> dict[str, list[dict]]:
     splits = {}
     for split, images_dir, labels_dir in (("train", "imagesTr", "labelsTr"), ("test", "imagesTs", "labelsTs")):
         items = []
-        for image in _files(os.path.join(root, images_dir), VOLUME_EXTENSIONS):
-            label = os.path.join(root, labels_dir, os.path.basename(image))
+        for image in _volume_files(os.path.join(root, images_dir)):
+            label = _volume_label(image, os.path.join(root, labels_dir))
             item = {"image": image}
             if os.path.isfile(label):
                 item["mask"] = label
