@@ -3,8 +3,10 @@
 The layout is detected and indexed with :func:`multiad_monai.data.index_dataset` (the loader's own indexer), then
 every image is opened with PIL and every mask is checked: present for each anomalous valid/test image when the
 dataset has masks, readable, single-channel, of its image's size, binary (0/1 or 0/255), empty for normal images
-and not empty for anomalous ones. A summary table (split, class, images, masks, problems) is printed, followed by
-each problem with its file.
+and not empty for anomalous ones. A ``volumes`` layout (NIfTI or DICOM series) has each volume read as training
+reads it and each label checked: readable, on its volume's voxels (same shape and affine), non-negative integers,
+and at least one test volume with a lesion. A summary table (split, class, images, masks, problems) is printed,
+followed by each problem with its file.
 
 Usage::
 
@@ -19,10 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from monai.transforms import LoadImage
 from PIL import Image
 
 from multiad_monai.data.layouts import index_dataset
 from multiad_monai.transforms import decode_palette
+from multiad_monai.transforms.dicom import register_dicom_reader
 
 __all__ = ["Problem", "ClassSummary", "ValidationReport", "validate_folder", "main"]
 
@@ -123,11 +127,61 @@ def _check_mask(mask_path: str, image: np.ndarray | None, anomalous: bool) -> li
     return problems
 
 
+def _load_volume(path: str):
+    loader = LoadImage(image_only=True, ensure_channel_first=True)
+    register_dicom_reader(loader)  # a series folder reads as everywhere else, its problems named the same way
+    return loader(path)
+
+
+def _check_volume(item: dict, split: str) -> list[tuple[str, str]]:
+    """Problems of one volume and its label: readable, one channel 3D, the label in its geometry, integer labels."""
+    try:
+        image = _load_volume(item["image"])
+    except Exception as e:
+        return [(item["image"], f"unreadable ({type(e).__name__}: {e})")]
+    if image.ndim != 4 or image.shape[0] != 1:
+        return [(item["image"], f"not a one-channel 3D volume (shape {tuple(image.shape)} once channel-first)")]
+    if "mask" not in item:
+        return []
+    try:
+        label = _load_volume(item["mask"])
+    except Exception as e:
+        return [(item["mask"], f"label unreadable ({type(e).__name__}: {e})")]
+    problems = []
+    if tuple(label.shape[1:]) != tuple(image.shape[1:]):
+        problems.append(f"label shape {tuple(label.shape[1:])} differs from its volume's {tuple(image.shape[1:])}")
+    elif not np.allclose(label.affine.numpy(), image.affine.numpy(), atol=1e-3):
+        problems.append("label geometry (affine) differs from its volume's: it does not lie on the same voxels")
+    values = np.unique(label.numpy())
+    if values.min() < 0 or not np.all(values == np.round(values)):
+        problems.append(f"label values are not non-negative integers: {values[:6].tolist()}")
+    return [(item["mask"], message) for message in problems]
+
+
+def _validate_volumes(report: ValidationReport, splits: dict[str, list[dict]]) -> ValidationReport:
+    """Volumes layout: every volume and label checked; the test split needs a volume with a lesion."""
+    lesion_in_test = False
+    for split in ("train", "test"):
+        summary = ClassSummary(split, "volumes")
+        for item in splits.get(split, []):
+            summary.images += 1
+            summary.masks += "mask" in item
+            problems = _check_volume(item, split)
+            if split == "test" and "mask" in item and not problems:
+                lesion_in_test = lesion_in_test or bool(_load_volume(item["mask"]).max() > 0)
+            summary.problems += len(problems)
+            report.problems += [Problem(p, message, split, "volumes") for p, message in problems]
+        report.classes.append(summary)
+    if not lesion_in_test:
+        report.problems.append(Problem(os.path.join(report.root, "labelsTs"), "no test volume has a lesion", "test"))
+    return report
+
+
 def validate_folder(path: str) -> ValidationReport:
     """Check a prepared dataset folder (see the module docstring); never raises for bad data.
 
     Args:
-        path: a folder in the BMAD (or MVTec) layout.
+        path: a folder in the BMAD, MVTec or volumes layout.
 
     Returns:
         A :class:`ValidationReport`; ``report.ok`` is ``False`` when any problem was found.
@@ -139,8 +193,7 @@ def validate_folder(path: str) -> ValidationReport:
         report.problems.append(Problem(path, f"cannot index: {e}"))
         return report
     if report.layout == "volumes":
-        report.problems.append(Problem(path, "3D volumes layout: validate checks 2D image folders (BMAD, MVTec)"))
-        return report
+        return _validate_volumes(report, splits)
     has_masks = any("mask" in item for split in ("valid", "test") for item in splits.get(split, []))
     summaries: dict[tuple[str, str], ClassSummary] = {}
     for split in ("train", "valid", "test"):
