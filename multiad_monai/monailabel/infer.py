@@ -1,6 +1,7 @@
 """MONAI Label infer task: one study in, its anomaly label (or heat map) in the study's own geometry out.
 
-Volumes (NIfTI, NRRD, what SimpleITK reads, a DICOM series folder) go through
+Volumes (NIfTI, NRRD, what SimpleITK reads, a DICOM series folder or multi-frame file, read and checked by
+:mod:`multiad_monai.transforms.dicom` as everywhere else) go through
 :meth:`AnomalyInferer.predict_volume`; 2D images (PNG, JPEG, TIFF) through :meth:`AnomalyInferer.predict_images`.
 The returned file is either
 
@@ -32,6 +33,7 @@ from multiad_monai.data.layouts import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS
 from multiad_monai.inference import AnomalyInferer
 from multiad_monai.monailabel.models import BundleModel
 from multiad_monai.transforms.array import SLICE_AXCODES, SLICE_AXIS
+from multiad_monai.transforms.dicom import is_dicom_file
 
 __all__ = ["AnomalyInferTask", "InputError", "check_infer_params", "RESULTS", "VOLUME_RESULT_EXTENSIONS"]
 
@@ -76,7 +78,7 @@ def input_kind(path: str) -> str:
     if not os.path.isfile(path):
         raise InputError(f"image file not found: {path}")
     name = path.lower()
-    if name.endswith(VOLUME_EXTENSIONS):
+    if name.endswith(VOLUME_EXTENSIONS) or is_dicom_file(path):  # a multi-frame DICOM file is a volume
         return "volume"
     if name.endswith(IMAGE_EXTENSIONS):
         return "image"
