@@ -57,8 +57,19 @@ def _frames(volume: np.ndarray, series: DicomSeries) -> np.ndarray:
     return frames
 
 
-def _series_number(series: DicomSeries, offset: int) -> int:
-    return SEG_SERIES_NUMBER_OFFSET + offset + (series.number or 0)
+def _new_series(hd, series: DicomSeries, offset: int, what: str, checkpoint_sha256: str) -> dict:
+    """The identification of a result series derived from ``series``: new UIDs, numbered after the source's."""
+    return {
+        "series_instance_uid": hd.UID(),
+        "series_number": SEG_SERIES_NUMBER_OFFSET + offset + (series.number or 0),
+        "sop_instance_uid": hd.UID(),
+        "instance_number": 1,
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": ALGORITHM,
+        "software_versions": __version__,
+        "device_serial_number": checkpoint_sha256[:16],
+        "series_description": f"{what} ({series.description or series.name})"[:64],  # LO: 64 characters
+    }
 
 
 def write_segmentation(
@@ -91,15 +102,7 @@ def write_segmentation(
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment],
-        series_instance_uid=hd.UID(),
-        series_number=_series_number(series, 0),
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=ALGORITHM,
-        software_versions=__version__,
-        device_serial_number=checkpoint_sha256[:16],
-        series_description=f"Multi-AD anomaly > {threshold:g} ({series.description or series.name})"[:64],
+        **_new_series(hd, series, 0, f"Multi-AD anomaly > {threshold:g}", checkpoint_sha256),
         omit_empty_frames=bool(frames.any()),  # an empty label keeps its frames: a SEG needs one at least
     )
     seg.save_as(path)
@@ -121,19 +124,11 @@ def write_heatmap(series: DicomSeries, heatmap: np.ndarray, path: str, checkpoin
     pm = hd.pm.ParametricMap(
         source_images=_sources(series),
         pixel_array=np.clip(_frames(heatmap, series), 0.0, 1.0).astype(np.float32),
-        series_instance_uid=hd.UID(),
-        series_number=_series_number(series, 1),
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=ALGORITHM,
-        software_versions=__version__,
-        device_serial_number=checkpoint_sha256[:16],
+        **_new_series(hd, series, 1, "Multi-AD heat map", checkpoint_sha256),
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         window_center=0.5,
         window_width=1.0,
-        series_description=f"Multi-AD heat map ({series.description or series.name})"[:64],
         content_label="ANOMALY",
     )
     pm.Laterality = ""  # General Series type 2C: the map inherits no laterality of its own
