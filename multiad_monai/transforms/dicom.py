@@ -26,7 +26,7 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,11 +36,13 @@ __all__ = [
     "DicomSeries",
     "DicomSeriesError",
     "DicomSeriesReader",
+    "SEG_CLASS",
     "find_series",
     "is_dicom_file",
     "is_dicom_input",
     "register_dicom_reader",
     "require_dicom_extra",
+    "segmentation_label",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,9 +79,10 @@ UNDECODABLE_SYNTAXES = {
     "1.2.840.10008.1.2.4.107": ("HEVC/H.265 video", "a video decoder (ffmpeg)"),
 }
 
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 # SOP classes that hold pixels but are no slice of an acquired volume
 NOT_VOLUME_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.66.4": "a segmentation (SEG)",
+    SEG_CLASS: "a segmentation (SEG)",
     "1.2.840.10008.5.1.4.1.1.30": "a parametric map",
     "1.2.840.10008.5.1.4.1.1.7": "a secondary capture",
     "1.2.840.10008.5.1.4.1.1.7.1": "a secondary capture",
@@ -339,6 +342,85 @@ def _check_syntax(series: DicomSeries) -> None:
             f"{', '.join(sorted(set(DECODABLE_SYNTAXES.values())))}); it needs {decoder}, which this installation "
             "lacks: decompress the series first, e.g. with dcmtk's dcmconv +te or gdcmconv --raw"
         )
+
+
+def _segment_values(seg, labels: Mapping[str, int] | None, path: str) -> dict[int, int]:
+    """Segment number -> label value."""
+    values = {}
+    for description in seg.SegmentSequence:
+        name = str(description.SegmentLabel)
+        if labels is None:
+            values[int(description.SegmentNumber)] = 1
+        elif name.casefold() in labels:
+            values[int(description.SegmentNumber)] = labels[name.casefold()]
+        else:
+            known = ", ".join(str(d.SegmentLabel) for d in seg.SegmentSequence)
+            raise ValueError(
+                f"{path}: segment {name!r} has no label value in --labels {dict(labels)} (the SEG's segments: "
+                f'{known}); add it, e.g. --labels "{",".join(f"{k}={v}" for k, v in labels.items())},{name}=N"'
+            )
+    return values
+
+
+def _slice_of_frame(frame, uids: Sequence[str], positions: np.ndarray, normal: np.ndarray, path: str, i: int) -> int:
+    """The slice a SEG frame lies on: by its referenced source instance, else by its plane position."""
+    for derivation in frame.get("DerivationImageSequence", []):
+        for source in derivation.get("SourceImageSequence", []):
+            if source.ReferencedSOPInstanceUID in uids:
+                return uids.index(source.ReferencedSOPInstanceUID)
+    plane = frame.get("PlanePositionSequence")
+    if not plane:
+        raise ValueError(f"{path}: frame {i + 1} references no slice of the series and has no plane position")
+    where = float(np.dot(normal, np.asarray(plane[0].ImagePositionPatient, float)))
+    k = int(np.argmin(np.abs(positions - where)))
+    spacing = float(np.median(np.diff(positions))) if len(positions) > 1 else 1.0
+    if abs(positions[k] - where) > spacing / 2:
+        raise ValueError(
+            f"{path}: frame {i + 1} lies at {where:.2f} mm along the normal, on no slice of the series "
+            f"({positions[0]:.2f} to {positions[-1]:.2f} mm): the SEG belongs to another series"
+        )
+    return k
+
+
+def segmentation_label(
+    seg_path: str, series: DicomSeries, shape: Sequence[int], labels: Mapping[str, int] | None = None
+) -> np.ndarray:
+    """A SEG of ``series`` as a label volume ``shape`` = ``(columns, rows, slices)`` (ITK's array order), ``uint8``.
+
+    Each frame goes on the slice whose SOP instance it references (Derivation Image Sequence) or, without
+    references, on the slice at its plane position (within half the slice spacing). Segments become label values
+    by name (``labels``, compared case-insensitively; ``None``: every segment is 1); overlaps keep the larger.
+
+    Raises:
+        ValueError: naming the SEG when it references another series, has frames on no slice, or unknown segments.
+    """
+    import pydicom
+
+    if series.frames:
+        raise ValueError(f"{seg_path}: SEG labels of multi-frame series are not supported; export single-frame slices")
+    seg = pydicom.dcmread(seg_path)  # not highdicom's segread: it refuses SEGs whose frames reference no instance
+    referenced = {s.SeriesInstanceUID for s in seg.get("ReferencedSeriesSequence", [])}
+    if referenced and series.uid not in referenced:
+        raise ValueError(f"{seg_path} references series {sorted(referenced)}, not the case's {series.label}")
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
+    uids = [str(h.SOPInstanceUID) for h in headers]
+    orientation = np.asarray(headers[0].ImageOrientationPatient, float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = np.array([float(np.dot(normal, np.asarray(h.ImagePositionPatient, float))) for h in headers])
+    values = _segment_values(seg, labels, seg_path)
+    pixels = seg.pixel_array.reshape(-1, int(seg.Rows), int(seg.Columns))
+    if (int(seg.Rows), int(seg.Columns)) != (int(shape[1]), int(shape[0])):
+        raise ValueError(
+            f"{seg_path}: frames of {seg.Rows}x{seg.Columns}, the series' slices are {shape[1]}x{shape[0]}"
+        )
+    fractional = str(seg.SegmentationType) == "FRACTIONAL"
+    label = np.zeros(shape, dtype=np.uint8)
+    for i, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        segment = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        k = _slice_of_frame(frame, uids, positions, normal, seg_path, i)
+        inside = pixels[i] >= (int(seg.MaximumFractionalValue) / 2 if fractional else 1)
+        label[:, :, k] = np.maximum(label[:, :, k], np.where(inside.T, values[segment], 0).astype(np.uint8))
+    return label
 
 
 class DicomSeriesReader(ITKReader):
