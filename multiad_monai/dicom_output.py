@@ -67,15 +67,25 @@ def _new_series(hd, series: DicomSeries, offset: int, what: str, checkpoint_sha2
         "manufacturer": MANUFACTURER,
         "manufacturer_model_name": ALGORITHM,
         "software_versions": __version__,
-        "device_serial_number": checkpoint_sha256[:16],
+        "device_serial_number": checkpoint_sha256[:16] or "none",
         "series_description": f"{what} ({series.description or series.name})"[:64],  # LO: 64 characters
     }
 
 
 def write_segmentation(
-    series: DicomSeries, label: np.ndarray, path: str, threshold: float, checkpoint_sha256: str
+    series: DicomSeries,
+    label: np.ndarray,
+    path: str,
+    threshold: float = 0.5,
+    checkpoint_sha256: str = "",
+    reviewed: bool = False,
 ) -> None:
-    """Write ``label`` (``(columns, rows, slices)``, non-zero = anomalous) as a DICOM SEG of ``series`` to ``path``."""
+    """Write ``label`` (``(columns, rows, slices)``, non-zero = anomalous) as a DICOM SEG of ``series`` to ``path``.
+
+    Args:
+        threshold, checkpoint_sha256: the rule and the weights of an automatic label (algorithm identification).
+        reviewed: the label is a person's final one (segment algorithm type MANUAL, no algorithm identification).
+    """
     hd = _highdicom()
     from pydicom.sr.codedict import codes
 
@@ -93,8 +103,8 @@ def write_segmentation(
         segment_label="anomaly",
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Abnormal,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL if reviewed else "AUTOMATIC",
+        algorithm_identification=None if reviewed else algorithm,
     )
     frames = _frames(label, series) > 0
     seg = hd.seg.Segmentation(
@@ -102,7 +112,13 @@ def write_segmentation(
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment],
-        **_new_series(hd, series, 0, f"Multi-AD anomaly > {threshold:g}", checkpoint_sha256),
+        **_new_series(
+            hd,
+            series,
+            2 if reviewed else 0,
+            "anomaly, reviewed" if reviewed else f"Multi-AD anomaly > {threshold:g}",
+            checkpoint_sha256,
+        ),
         omit_empty_frames=bool(frames.any()),  # an empty label keeps its frames: a SEG needs one at least
     )
     seg.save_as(path)

@@ -30,6 +30,7 @@ __all__ = [
     "mlflow_run_and_client",
     "epoch_metric_outputs",
     "module_with_children",
+    "add_exception_handler_to_running_app",
 ]
 
 
@@ -135,3 +136,11 @@ def module_with_children(module: nn.Module, children: Mapping[str, nn.Module]) -
     view = copy.copy(module)
     _set(view, "_modules", {name: children.get(name, child) for name, child in current.items()}, "torch")
     return view
+
+
+def add_exception_handler_to_running_app(app: Any, exception: type[Exception], handler: Any) -> None:
+    """``app.add_exception_handler`` on a Starlette app that already serves (MONAI Label installs an app's routes
+    at start-up): Starlette copies the handlers into its middleware stack when it first builds it, so the stack
+    is dropped and rebuilt, with the handler, on the next request."""
+    app.add_exception_handler(exception, handler)
+    _set(app, "middleware_stack", None, "starlette")

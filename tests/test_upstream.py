@@ -144,3 +144,27 @@ def test_module_with_children_rejects_unknown_names():
 def test_a_missing_attribute_names_the_version():
     with pytest.raises(AttributeError, match=rf"monai {monai.__version__}.*multiad_monai.upstream"):
         efficientnet_parts(nn.Linear(2, 2))
+
+
+def test_exception_handler_added_to_a_serving_app_is_used():
+    fastapi = pytest.importorskip("fastapi")
+    from fastapi.responses import JSONResponse
+    from fastapi.testclient import TestClient
+
+    from multiad_monai.upstream import add_exception_handler_to_running_app
+
+    app = fastapi.FastAPI()
+
+    @app.get("/fail")
+    def fail():
+        raise LookupError("gone")
+
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.get("/fail").status_code == 500  # the middleware stack is built now
+
+    async def handler(request, error):
+        return JSONResponse(status_code=503, content={"detail": str(error)})
+
+    add_exception_handler_to_running_app(app, LookupError, handler)
+    answer = client.get("/fail")
+    assert answer.status_code == 503 and answer.json() == {"detail": "gone"}

@@ -20,12 +20,15 @@ import os
 from typing import Any
 
 from fastapi import HTTPException
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.activelearning.random import Random
 
 import multiad_monai
 from multiad_monai.monailabel.infer import AnomalyInferTask
 from multiad_monai.monailabel.models import BundleModel, default_device
+from multiad_monai.monailabel.pacs import PacsDatastore
 from multiad_monai.monailabel.train import RetrainTask
 from multiad_monai.monailabel.triage import AnomalyScoring, MostAnomalous
 
@@ -44,7 +47,7 @@ class MultiADApp(MONAILabelApp):
 
     Args:
         app_dir: the app folder (MONAI Label creates ``model/``, ``logs/``, ... in it).
-        studies: the studies folder (or DICOMweb address).
+        studies: the studies folder, or a PACS's DICOMweb address (``http://127.0.0.1:8042/dicom-web``).
         conf: ``--conf`` pairs, see the module docstring.
     """
 
@@ -82,6 +85,13 @@ class MultiADApp(MONAILabelApp):
     @property
     def trainers(self) -> dict[str, RetrainTask]:
         return self._trainers
+
+    def init_remote_datastore(self) -> Datastore:
+        """A DICOMweb address (a PACS such as Orthanc): :class:`PacsDatastore`, offline, DICOM SEG by highdicom."""
+        if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
+            return super().init_remote_datastore()
+        logger.info(f"studies on the PACS {self.studies} (DICOMweb)")
+        return PacsDatastore(self.studies)
 
     def init_infers(self) -> dict[str, AnomalyInferTask]:
         return {name: AnomalyInferTask(model, self.infer_concurrency) for name, model in self.models.items()}

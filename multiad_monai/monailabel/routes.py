@@ -15,7 +15,8 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, File, Form, HTTPException, UploadFile
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import JSONResponse
 from monailabel.config import settings
 from monailabel.endpoints import activelearning, scoring, train
 from monailabel.endpoints import infer as infer_endpoint
@@ -24,8 +25,10 @@ from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
 
 from multiad_monai.monailabel.infer import InputError, check_infer_params
+from multiad_monai.monailabel.pacs import PacsUnavailable
 from multiad_monai.monailabel.studies import review, select
 from multiad_monai.monailabel.train import check_train_params
+from multiad_monai.upstream import add_exception_handler_to_running_app
 
 if TYPE_CHECKING:
     from multiad_monai.monailabel.app import MultiADApp
@@ -80,6 +83,8 @@ def run_inference(
         return infer_endpoint.run_inference(background_tasks, model, image, session_id, params, file, label, output)
     except InputError as e:
         raise HTTPException(422, str(e)) from e
+    except PacsUnavailable:
+        raise
     except FileNotFoundError as e:  # the model has no checkpoint yet
         raise HTTPException(409, str(e)) from e
     except ValueError as e:  # the checkpoint does not load
@@ -134,6 +139,12 @@ async def next_sample(
     return activelearning.sample(strategy, params, user.username)
 
 
+async def _pacs_unavailable(request: Request, error: PacsUnavailable) -> JSONResponse:
+    """Any endpoint that reaches a PACS that does not answer: 503, the server stays up, nothing is lost."""
+    logger.warning(f"{request.method} {request.url.path}: {error}")
+    return JSONResponse(status_code=503, content={"detail": str(error)}, headers={"Retry-After": "30"})
+
+
 def install(server: FastAPI) -> None:
     """Serve the checked routes before MONAI Label's routes of the same paths (FastAPI matches in order)."""
     router = APIRouter(prefix=settings.MONAI_LABEL_API_STR)
@@ -142,4 +153,5 @@ def install(server: FastAPI) -> None:
     router.add_api_route("/scoring/{method}", run_scoring, methods=["POST"], summary="Run scoring (checked)")
     router.add_api_route("/activelearning/{strategy}", next_sample, methods=["POST"], summary="Next study (checked)")
     server.router.routes[0:0] = router.routes
+    add_exception_handler_to_running_app(server, PacsUnavailable, _pacs_unavailable)
     logger.info("request checks installed before /infer, /train, /scoring and /activelearning")

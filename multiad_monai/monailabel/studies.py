@@ -18,12 +18,14 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from monai.transforms import LoadImage
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
 from multiad_monai.data.layouts import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS
+from multiad_monai.transforms.dicom import register_dicom_reader
 
 __all__ = ["Review", "Selection", "review", "select", "build_dataset", "MIN_NORMAL", "NORMAL_FLAG"]
 
@@ -59,8 +61,8 @@ def review(datastore: Datastore) -> Review:
     result = Review()
     for image_id in datastore.list_images():
         image = datastore.get_image_uri(image_id)
-        if not image.lower().endswith(IMAGE_EXTENSIONS + VOLUME_EXTENSIONS):
-            continue
+        if not (os.path.isdir(image) or image.lower().endswith(IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)):
+            continue  # a DICOM series comes as its folder
         flag = _flag(datastore.get_image_info(image_id).get(NORMAL_FLAG))
         label_id = datastore.get_label_by_image_id(image_id, DefaultLabelTag.FINAL)
         label = datastore.get_label_uri(label_id, DefaultLabelTag.FINAL) if label_id else ""
@@ -77,10 +79,13 @@ def review(datastore: Datastore) -> Review:
 
 
 def _is_volume(path: str) -> bool:
-    return path.lower().endswith(VOLUME_EXTENSIONS)
+    return os.path.isdir(path) or path.lower().endswith(VOLUME_EXTENSIONS)  # a folder: a DICOM series
 
 
 def _extension(path: str) -> str:
+    """The file type's extension; none for a DICOM series folder (the volumes layout takes it as it is)."""
+    if os.path.isdir(path):
+        return ""
     name = path.lower()
     return next(e for e in sorted(IMAGE_EXTENSIONS + VOLUME_EXTENSIONS, key=len, reverse=True) if name.endswith(e))
 
@@ -104,6 +109,12 @@ def _write_like(source_label: str, target: str) -> None:
 
 def _empty_label_like(image: str, target: str) -> None:
     os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.isdir(image):  # a DICOM series: its geometry as the bundles read it
+        loader = LoadImage(image_only=True)
+        register_dicom_reader(loader)
+        volume = loader(image)
+        nib.save(nib.Nifti1Image(np.zeros(volume.shape, np.uint8), volume.affine.numpy()), target)
+        return
     reference = sitk.ReadImage(image)
     empty = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
     empty.CopyInformation(reference)
@@ -159,10 +170,11 @@ def build_dataset(reviewed: Review, out_dir: str) -> dict:
         for image_id, path in tests.items():
             name = image_id + _extension(path)
             _link(path, os.path.join(out_dir, "imagesTs", name))
+            label_name = name if _extension(path) else name + ".nii.gz"  # a series folder's label is a NIfTI file
             if image_id in anomalous:
-                _write_like(anomalous[image_id][1], os.path.join(out_dir, "labelsTs", name))
+                _write_like(anomalous[image_id][1], os.path.join(out_dir, "labelsTs", label_name))
             else:
-                _empty_label_like(path, os.path.join(out_dir, "labelsTs", name))
+                _empty_label_like(path, os.path.join(out_dir, "labelsTs", label_name))
     else:
         for image_id, path in normal.items():
             _link(path, os.path.join(out_dir, "train", "good", image_id + _extension(path)))

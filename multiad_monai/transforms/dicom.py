@@ -160,8 +160,8 @@ class DicomSeries:
 
     @property
     def name(self) -> str:
-        """``<number>_<description>`` in file-name-safe characters (``series`` when both are missing)."""
-        text = "_".join(str(v) for v in (self.number, self.description) if v not in (None, ""))
+        """``<number>_<description>`` (or ``<number>_<modality>``) in file-name-safe characters, else ``series``."""
+        text = "_".join(str(v) for v in (self.number, self.description or self.modality) if v not in (None, ""))
         return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "series"
 
     @property
