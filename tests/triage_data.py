@@ -7,7 +7,7 @@ import shutil
 
 import torch
 
-from multiad_monai.inference import AnomalyInferer
+from multiad_monai.inference import AnomalyInferer, list_inputs, output_names
 from multiad_monai.networks import MultiAD
 from tests.conftest import write_volumes
 
@@ -36,7 +36,7 @@ def tiny_checkpoints(folder: str, archive: str) -> tuple[str, str]:
     torch.manual_seed(0)
     network = MultiAD(image_size=32)
     network.calibrate(torch.rand(4) + 1.0, torch.rand(4, 1, 32, 32))
-    scores = torch.tensor([row["score"] for row in _scores(AnomalyInferer(network), archive)], dtype=torch.float32)
+    scores = torch.tensor(_scores(AnomalyInferer(network), archive), dtype=torch.float32)
     maps = torch.rand(4, 1, 32, 32) * scores.median()
     paths = []
     ordered, half = scores.sort().values, len(scores) // 2
@@ -50,9 +50,7 @@ def tiny_checkpoints(folder: str, archive: str) -> tuple[str, str]:
     return paths[0], paths[1]
 
 
-def _scores(inferer: AnomalyInferer, archive: str) -> list[dict]:
-    from multiad_monai.inference import list_inputs, output_names
-
+def _scores(inferer: AnomalyInferer, archive: str) -> list[float]:
     inputs = list_inputs(archive)
     scratch = archive.rstrip("/") + "_scratch"
     os.makedirs(scratch)
@@ -60,4 +58,4 @@ def _scores(inferer: AnomalyInferer, archive: str) -> list[dict]:
         rows = inferer.write_results(inputs, output_names(inputs), scratch)
     finally:
         shutil.rmtree(scratch)
-    return [{"score": float(r["score"])} for r in rows.values()]
+    return [float(row["score"]) for row in rows.values()]
