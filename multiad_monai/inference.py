@@ -41,7 +41,17 @@ from multiad_monai.transforms.preprocessing import (
 from multiad_monai.utils import check_path, staged_dir
 from multiad_monai.visualize import overlay
 
-__all__ = ["AnomalyInferer", "Input", "VolumePrediction", "input_source", "list_inputs"]
+__all__ = [
+    "CSV_COLUMNS",
+    "AnomalyInferer",
+    "Input",
+    "VolumePrediction",
+    "check_output_dir",
+    "input_source",
+    "is_volume",
+    "list_inputs",
+    "output_names",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +110,8 @@ def output_names(inputs: Sequence[Input]) -> dict[Input, str]:
     return names
 
 
-def _is_volume(item: Input) -> bool:
+def is_volume(item: Input) -> bool:
+    """A DICOM series or a volume file (NIfTI, NRRD, ...), not a 2D image."""
     return isinstance(item, DicomSeries) or item.lower().endswith(VOLUME_EXTENSIONS)
 
 
@@ -109,6 +120,18 @@ def input_source(item: Input) -> str:
     if isinstance(item, DicomSeries):
         return item.files[0] if item.frames else os.path.commonpath(item.files)
     return item
+
+
+def check_output_dir(input_path: str, output_dir: str) -> None:
+    """Refuse a missing ``output_dir``, one the bundle parser would mangle, or the input folder itself."""
+    if not output_dir:
+        raise ValueError("output_dir is required (--output_dir DIR): maps, overlays and scores.csv go there")
+    check_path(output_dir, "output_dir")
+    if os.path.isdir(input_path) and os.path.realpath(input_path) == os.path.realpath(output_dir):
+        raise ValueError(
+            f"output_dir {output_dir} is the input folder: a rerun would score its own maps and overlays; "
+            "pass another --output_dir (a sub-folder is fine)"
+        )
 
 
 @dataclass
@@ -243,17 +266,9 @@ class AnomalyInferer:
     def __call__(self, input_path: str, output_dir: str) -> list[dict]:
         """Score every input under ``input_path`` and write maps, overlays and ``scores.csv`` to ``output_dir``."""
         inputs = list_inputs(input_path)
-        if not output_dir:
-            raise ValueError("output_dir is required (--output_dir DIR): maps, overlays and scores.csv go there")
-        check_path(output_dir, "output_dir")
-        if os.path.isdir(input_path) and os.path.realpath(input_path) == os.path.realpath(output_dir):
-            raise ValueError(
-                f"output_dir {output_dir} is the input folder: a rerun would score its own maps and overlays; "
-                "pass another --output_dir (a sub-folder is fine)"
-            )
+        check_output_dir(input_path, output_dir)
         with staged_dir(output_dir, merge=True) as staging:  # all files appear only once every input succeeded
-            names = output_names(inputs)
-            rows = {**self._write_images(inputs, names, staging), **self._write_volumes(inputs, names, staging)}
+            rows = self.write_results(inputs, output_names(inputs), staging)
             rows = [rows[item] for item in inputs]
             with open(os.path.join(staging, "scores.csv"), "w", newline="", encoding="utf-8") as f:
                 writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
@@ -261,6 +276,14 @@ class AnomalyInferer:
                 writer.writerows(rows)
         logger.info(f"scored {len(rows)} inputs; results in {output_dir}")
         return rows
+
+    def write_results(self, inputs: Sequence[Input], names: dict[Input, str], out: str) -> dict[Input, dict]:
+        """Score ``inputs`` and write each one's maps and overlay to the folder ``out`` under its name in ``names``.
+
+        2D images go through the network in batches, volumes one at a time. Returns each input's ``scores.csv``
+        row (see ``CSV_COLUMNS``); nothing is written to ``scores.csv`` itself.
+        """
+        return {**self._write_images(list(inputs), names, out), **self._write_volumes(list(inputs), names, out)}
 
     def _row(self, item: Input, score: float, top_slices: str = "", name: str = "") -> dict:
         normalized = float(self.network.normalize_score(torch.tensor(score, device=self.network.score_mean.device)))
@@ -276,7 +299,7 @@ class AnomalyInferer:
         }
 
     def _write_images(self, inputs: list[Input], names: dict[Input, str], out: str) -> dict[Input, dict]:
-        images = [p for p in inputs if not _is_volume(p)]
+        images = [p for p in inputs if not is_volume(p)]
         rows = {}
         for path, image, anomaly_map, score in self.predict_images(images) if images else []:
             stem = names[path]
@@ -292,7 +315,7 @@ class AnomalyInferer:
 
     def _write_volumes(self, inputs: list[Input], names: dict[Input, str], out: str) -> dict[Input, dict]:
         rows = {}
-        for path in (p for p in inputs if _is_volume(p)):
+        for path in (p for p in inputs if is_volume(p)):
             prediction = self.predict_volume(path)
             stem = names[path]
             if isinstance(path, DicomSeries) and self.dicom_output:
