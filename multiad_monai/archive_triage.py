@@ -7,6 +7,9 @@ and Parametric Map) as :class:`multiad_monai.inference.AnomalyInferer` does, the
 continues where it stopped when the same command is run again. After a barrier, rank 0 merges the ledger into
 ``scores.csv`` and ``worklist.html``, most anomalous first.
 
+``input_path`` may also be a PACS's DICOMweb address (:mod:`multiad_monai.dicomweb`): every process lists its
+image series and fetches only those of its share, into ``<output_dir>/cache/``.
+
 Without ``torch.distributed`` initialised (plain ``python -m monai.bundle run``) it is one process doing all.
 """
 
@@ -18,6 +21,7 @@ from collections.abc import Iterator, Sequence
 
 import torch.distributed as dist
 
+from multiad_monai.dicomweb import fetch_series, image_series, is_dicomweb
 from multiad_monai.inference import (
     AnomalyInferer,
     Input,
@@ -74,13 +78,19 @@ class ArchiveTriage:
             )
         self.inferer = inferer
         self.checkpoint_sha256 = inferer.checkpoint_sha256
+        self._fetch = None  # set per run: fetches a PACS series before it is scored
 
     def __call__(self, input_path: str, output_dir: str) -> list[StudyRecord] | None:
-        """Score this process' share of ``input_path``; on rank 0 return the ranked records (else ``None``)."""
-        inputs = list_inputs(input_path)
+        """Score this process' share of ``input_path`` (a file, a folder or a DICOMweb address); on rank 0 return
+        the ranked records (else ``None``)."""
+        remote = is_dicomweb(input_path)
+        inputs = image_series(input_path) if remote else list_inputs(input_path)
         check_output_dir(input_path, output_dir)
         rank, world_size = _rank_and_world()
-        names, keys = output_names(inputs), {item: study_key(item) for item in inputs}
+        names = output_names(inputs)
+        keys = {item: f"{item.uid} in {input_path}" if remote else study_key(item) for item in inputs}
+        # a PACS series is fetched by the process that scores it, when it scores it
+        self._fetch = (lambda s: fetch_series(input_path, s, os.path.join(output_dir, "cache"))) if remote else None
         if len(set(keys.values())) != len(inputs):
             raise ValueError(f"{input_path} lists one study twice (the same file or series): {sorted(keys.values())}")
         ledger = Ledger(os.path.join(output_dir, "ledger"), rank)
@@ -121,6 +131,8 @@ class ArchiveTriage:
     ) -> None:
         """Score ``chunk``, move its results into ``output_dir`` and record each study in the ledger."""
         try:
+            for item in chunk if self._fetch else []:
+                self._fetch(item)
             with staged_dir(output_dir, merge=True) as staging:  # a study's files appear together, or not at all
                 rows = self.inferer.write_results(chunk, names, staging)
         except Exception as error:  # one unreadable study must not stop the archive: find it, record it
@@ -129,11 +141,10 @@ class ArchiveTriage:
                     self._score([item], names, keys, ledger, output_dir)
                 return
             (item,) = chunk
-            logger.warning(f"could not score {input_source(item)}: {error}")
+            source = keys[item] if isinstance(item, DicomSeries) and not item.files else input_source(item)
+            logger.warning(f"could not score {source}: {error}")
             uid = item.uid if isinstance(item, DicomSeries) else ""
-            ledger.append(
-                StudyRecord.failed(keys[item], input_source(item), uid, names[item], self.checkpoint_sha256, str(error))
-            )
+            ledger.append(StudyRecord.failed(keys[item], source, uid, names[item], self.checkpoint_sha256, str(error)))
             return
         for item in chunk:
             record = StudyRecord.from_row(keys[item], rows[item], names[item], self.checkpoint_sha256)
@@ -152,7 +163,7 @@ class ArchiveTriage:
         scored, failed = ledger.scored(self.checkpoint_sha256), ledger.failed(self.checkpoint_sha256)
         records = ranked(scored[keys[item]] for item in inputs if keys[item] in scored)
         not_scored = [failed[keys[item]] for item in inputs if keys[item] in failed]
-        missing = [input_source(item) for item in inputs if keys[item] not in scored and keys[item] not in failed]
+        missing = [keys[item] for item in inputs if keys[item] not in scored and keys[item] not in failed]
         write_scores_csv(os.path.join(output_dir, "scores.csv"), records)
         write_worklist_html(os.path.join(output_dir, "worklist.html"), records, not_scored)
         logger.info(f"{len(records)} studies ranked in {os.path.join(output_dir, 'scores.csv')} and worklist.html")

@@ -78,10 +78,14 @@ class Orthanc:
 
     def store(self, files: list[str]) -> None:
         """STOW-RS, as a modality or another PACS sends series."""
-        from dicomweb_client import DICOMwebClient
         from pydicom import dcmread
 
-        DICOMwebClient(self.dicomweb).store_instances([dcmread(f) for f in files])
+        self.store_datasets([dcmread(f) for f in files])
+
+    def store_datasets(self, datasets: list) -> None:
+        from dicomweb_client import DICOMwebClient
+
+        DICOMwebClient(self.dicomweb).store_instances(datasets)
 
     def series(self, **filters) -> list[dict]:
         """QIDO-RS series search."""

@@ -31,14 +31,12 @@ from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from multiad_monai.dicom_output import write_segmentation
+from multiad_monai.dicomweb import NON_IMAGE_MODALITIES
 from multiad_monai.transforms.dicom import DicomSeries, find_series, register_dicom_reader
 
-__all__ = ["NON_IMAGE_MODALITIES", "PacsDatastore", "PacsUnavailable", "label_on_series"]
+__all__ = ["PacsDatastore", "PacsUnavailable", "label_on_series"]
 
 logger = logging.getLogger(__name__)
-
-NON_IMAGE_MODALITIES = {"SEG", "SR", "PR", "RTSTRUCT", "RTPLAN", "RTDOSE", "KO", "DOC", "REG"}
-
 
 class PacsUnavailable(RuntimeError):
     """The PACS did not answer; the request can be repeated once it is back."""

@@ -157,6 +157,7 @@ class DicomSeries:
     frames: int = 0
     skipped: list[str] = field(default_factory=list)
     transfer_syntaxes: set[str] = field(default_factory=set)
+    study_uid: str = ""
 
     @property
     def name(self) -> str:
@@ -275,6 +276,7 @@ def _series(ds, files: list[str], frames: int = 0, skipped: list[str] | None = N
         description=str(getattr(ds, "SeriesDescription", "") or ""),
         number=int(number) if number not in (None, "") else None,
         modality=str(getattr(ds, "Modality", "") or ""),
+        study_uid=str(getattr(ds, "StudyInstanceUID", "") or ""),
         frames=frames,
         skipped=skipped or [],
     )
