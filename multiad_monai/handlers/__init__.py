@@ -1,5 +1,6 @@
 from .calibration import CalibrationHandler
 from .checkpoints import AtomicCheckpointSaver, last_checkpoint
+from .divergence import DivergenceError, DivergenceGuard, nonfinite_tensors
 from .evaluation_report import EvaluationReport
 from .metrics_writer import MetricsJSONWriter, write_json_atomic
 from .mlflow_tags import RunTracker, dataset_fingerprint, run_tags
