@@ -24,6 +24,7 @@ __all__ = [
     "check_before_training",
     "check_resume",
     "create_tracking_store",
+    "terminate_mlflow_run",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,24 @@ def create_tracking_store(tracking_uri: str) -> None:
         mlflow.MlflowClient(tracking_uri).search_experiments(max_results=1)
 
 
+def terminate_mlflow_run(tracking_uri: str, run_name: str, status: str) -> None:
+    """Mark the MLflow runs named ``run_name`` that are still ``RUNNING`` (dead processes leave them so) ``status``."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'",
+        )
+    except Exception as e:  # a store that cannot be read must not hide the run's own error
+        logger.warning(f"cannot mark MLflow run {run_name} {status}: {e}")
+        return
+    for run in runs:
+        client.set_terminated(run.info.run_id, status=status)
+        logger.info(f"MLflow run {run_name} ({run.info.run_id}) marked {status}")
+
+
 def _stored_run(checkpoint_dir: str) -> dict:
     last = last_checkpoint(checkpoint_dir)
     if last is None:
@@ -199,22 +218,8 @@ class TrainingRunState:
         raise error
 
     def _terminate(self, run_name: str, status: str) -> None:
-        if not self.tracking_uri:
-            return
-        import mlflow
-
-        client = mlflow.MlflowClient(self.tracking_uri)
-        try:
-            runs = client.search_runs(
-                [e.experiment_id for e in client.search_experiments()],
-                filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'",
-            )
-        except Exception as e:  # a store that cannot be read must not hide the run's own error
-            logger.warning(f"cannot mark MLflow run {run_name} {status}: {e}")
-            return
-        for run in runs:
-            client.set_terminated(run.info.run_id, status=status)
-            logger.info(f"MLflow run {run_name} ({run.info.run_id}) marked {status}")
+        if self.tracking_uri:
+            terminate_mlflow_run(self.tracking_uri, run_name, status)
 
 
 class PruneStaleCheckpoints:
