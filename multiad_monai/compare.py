@@ -34,6 +34,8 @@ from matplotlib.figure import Figure
 from mlflow.entities import ViewType
 from monai.utils import path_to_uri
 
+from multiad_monai.utils.errors import check_writable
+
 __all__ = ["RunRecord", "Group", "Comparison", "load_runs", "compare", "main"]
 
 logger = logging.getLogger(__name__)
@@ -524,6 +526,7 @@ def compare(
     Raises:
         ValueError: when no run matches.
     """
+    check_writable(output_dir, "--output_dir", folder=True)  # before reading the store
     client = mlflow.MlflowClient(tracking_uri)
     runs = load_runs(client, experiments, filter_string, include_unfinished, comparison_experiment)
     skipped = [] if include_foreign else [r for r in runs if PROJECT_TAG not in r.tags]

@@ -363,3 +363,16 @@ def test_compare_reads_only_this_projects_runs_and_shows_non_finite_metrics(tmp_
         ["--tracking_uri", uri, "--all", "--include_foreign", "--output_dir", str(tmp_path / "all"), "--no_log"]
     )
     assert len(everything.runs) == 4 and not everything.skipped
+
+
+def test_compare_refuses_an_output_dir_it_cannot_write_before_reading_the_store(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    uri = "sqlite:///" + str(tmp_path / "missing.db")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tracking_uri", uri, "--all", "--output_dir", str(tmp_path / "taken"), "--no_log"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        exit_info.value.code == 1
+        and last == f"error: --output_dir {tmp_path / 'taken'} is a file, not a folder: pass another --output_dir"
+    )
+    assert not (tmp_path / "missing.db").exists()  # the store was not even opened
