@@ -25,6 +25,7 @@ from multiad_monai.networks.encoders import TEACHERS
 from multiad_monai.networks.multiad import MultiAD
 from multiad_monai.recipe import Recipe, check_given
 from multiad_monai.utils import atomic_write, check_path
+from multiad_monai.utils.finite import listing, nonfinite_tensors
 
 __all__ = [
     "CALIBRATION_BUFFERS",
@@ -104,13 +105,30 @@ def read_recipe(ckpt_path: str, require_calibrated: bool = False, **given: Any) 
     """
     state = read_state(ckpt_path)
     recipe = check_given(_recipe_of(state, ckpt_path), given, ckpt_path)
-    if require_calibrated:
-        _check_calibrated(state, ckpt_path)
+    _check_finite(state, ckpt_path, require_calibrated)
     return recipe
 
 
+def _check_finite(state: Mapping[str, Any], ckpt_path: str, require_calibrated: bool) -> None:
+    """Weights and batch-norm statistics are always finite; the head's buffers once calibrated."""
+    trained = nonfinite_tensors(state, ("student.", "teacher.", "discriminator."))
+    if trained:
+        raise ValueError(
+            f"{ckpt_path} holds non-finite values in {listing(trained)}: the model diverged in training and cannot "
+            "be used; retrain it with a lower --learning_rate"
+        )
+    if require_calibrated:
+        _check_calibrated(state, ckpt_path)
+        head = nonfinite_tensors(state)
+        if head:
+            raise ValueError(
+                f"{ckpt_path} holds non-finite calibration values in {listing(head)}: recalibrate it (run "
+                "MultiAD.calibrate on normal images and save again) or retrain it"
+            )
+
+
 def _check_calibrated(state: Mapping[str, Any], ckpt_path: str) -> None:
-    uncalibrated = [name for name in CALIBRATION_BUFFERS if not bool(torch.isfinite(state[name]).all())]
+    uncalibrated = [name for name in CALIBRATION_BUFFERS if bool(torch.isnan(state[name]).any())]
     if uncalibrated:
         raise ValueError(
             f"{ckpt_path} is not calibrated ({', '.join(uncalibrated)} are NaN): use the final model saved after "
@@ -151,8 +169,7 @@ def _check_fits(state: Mapping[str, Any], network: MultiAD, ckpt_path: str, requ
         else:
             origin = "build the network with the training layers and discriminator_channels"
         raise ValueError(f"{ckpt_path} does not fit MultiAD(teacher={network.teacher_name!r}): {origin} ({details})")
-    if require_calibrated:
-        _check_calibrated(state, ckpt_path)
+    _check_finite(state, ckpt_path, require_calibrated)
 
 
 def load_checkpoint(ckpt_path: str, network: MultiAD, require_calibrated: bool = True) -> MultiAD:

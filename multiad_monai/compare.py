@@ -34,6 +34,8 @@ from matplotlib.figure import Figure
 from mlflow.entities import ViewType
 from monai.utils import path_to_uri
 
+from multiad_monai.utils.errors import check_writable
+
 __all__ = ["RunRecord", "Group", "Comparison", "load_runs", "compare", "main"]
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,13 @@ DERIVED_PARAMS = frozenset({"max_epochs", "epoch_length", "layout", "n_train", "
 IDENTITY_KEYS = ("run_type", "bundle", "dataset")
 PATH_SUFFIXES = ("_dir", "_path", "_uri", "_root", "_file", "_weights")
 COMPARISON_RUN_TYPE = "comparison"
+# every run written by this project's bundles carries it (multiad_monai.handlers.RunTracker)
+PROJECT_TAG = "multiad_monai_version"
+
+
+def _metric(value: float) -> float:
+    """MLflow stores +-Inf as +-the largest float: read it back as Inf."""
+    return math.copysign(math.inf, value) if abs(value) >= sys.float_info.max else value
 
 
 def is_path_param(key: str) -> bool:
@@ -114,8 +123,19 @@ class Group:
     runs: list[RunRecord]
     label: str = ""
 
+    def nonfinite(self, metric: str) -> str:
+        """``"1 NaN, 1 inf"``: the runs whose value of ``metric`` is not finite (left out of :meth:`stats`)."""
+        values = [r.metrics[metric] for r in self.runs if metric in r.metrics]
+        counts = {
+            "NaN": sum(math.isnan(v) for v in values),
+            "inf": sum(v == math.inf for v in values),
+            "-inf": sum(v == -math.inf for v in values),
+        }
+        return ", ".join(f"{count} {kind}" for kind, count in counts.items() if count)
+
     def stats(self, metric: str) -> tuple[float, float | None, int] | None:
-        """``(mean, sample std or None for a single run, n)`` of a metric over the runs that logged it."""
+        """``(mean, sample std or None for a single run, n)`` of a metric over the runs that logged it a finite
+        value (the others: :meth:`nonfinite`)."""
         values = [r.metrics[metric] for r in self.runs if metric in r.metrics and math.isfinite(r.metrics[metric])]
         if not values:
             return None
@@ -140,6 +160,7 @@ class Comparison:
     files: list[str] = field(default_factory=list)
     run_id: str | None = None
     markdown: str = ""
+    skipped: list[RunRecord] = field(default_factory=list)  # runs of other tools in the store
 
 
 def load_runs(
@@ -184,7 +205,7 @@ def load_runs(
                     status=run.info.status,
                     params=dict(run.data.params),
                     tags={k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
-                    metrics=dict(run.data.metrics),
+                    metrics={k: _metric(v) for k, v in run.data.metrics.items()},
                     start_time=run.info.start_time or 0,
                     end_time=run.info.end_time,
                 )
@@ -259,12 +280,14 @@ def group_runs(
     return columns, [c for c in columns if c in params], groups, config_keys
 
 
-def _format(metric: str, stats: tuple[float, float | None, int] | None, n: int) -> str:
+def _format(metric: str, stats: tuple[float, float | None, int] | None, n: int, nonfinite: str = "") -> str:
     if stats is None:
-        return "–"
+        return nonfinite or "–"
     mean, std, count = stats
     digits = 3 if metric in PAPER_METRICS or metric == "image_f1_max" else (0 if "memory" in metric else 1)
     text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+    if nonfinite:
+        return text + f" ({count} finite; {nonfinite})"
     return text + (f" ({count})" if count != n else "")
 
 
@@ -284,7 +307,7 @@ def runs_table(columns: Sequence[str], groups: Sequence[Group], metrics: Sequenc
     for group in groups:
         n = len(group.runs)
         cells = [group.values[c] for c in columns] + [str(n), ",".join(group.seeds)]
-        rows.append(cells + [_format(m, group.stats(m), n) for m in metrics])
+        rows.append(cells + [_format(m, group.stats(m), n, group.nonfinite(m)) for m in metrics])
     return header, rows
 
 
@@ -484,6 +507,7 @@ def compare(
     comparison_experiment: str = "comparison",
     include_unfinished: bool = False,
     metrics: Sequence[str] = METRICS,
+    include_foreign: bool = False,
 ) -> Comparison:
     """Compare the runs of ``experiments`` (None: all) in ``tracking_uri`` and write the reports.
 
@@ -496,17 +520,23 @@ def compare(
         log: log the files as artifacts of a run of ``comparison_experiment``.
         include_unfinished: also compare runs that are not FINISHED.
         metrics: metric columns, shown when at least one run logged them.
+        include_foreign: also compare runs without this project's ``multiad_monai_version`` tag (other tools
+            sharing the store); otherwise they are listed in ``Comparison.skipped``.
 
     Raises:
         ValueError: when no run matches.
     """
+    check_writable(output_dir, "--output_dir", folder=True)  # before reading the store
     client = mlflow.MlflowClient(tracking_uri)
     runs = load_runs(client, experiments, filter_string, include_unfinished, comparison_experiment)
+    skipped = [] if include_foreign else [r for r in runs if PROJECT_TAG not in r.tags]
+    runs = [r for r in runs if r not in skipped]
     if not runs:
         where = f"experiments {list(experiments)}" if experiments else "any experiment"
         raise ValueError(
             f"no {'' if include_unfinished else 'finished '}runs in {where} of {tracking_uri}"
             + (f" match {filter_string!r}" if filter_string else "")
+            + (f"; {_skipped_text(skipped)} (pass --include_foreign to compare them)" if skipped else "")
         )
     columns, param_columns, groups, config_keys = group_runs(runs, group_by)
     shown = [m for m in metrics if any(m in r.metrics for r in runs)]
@@ -526,7 +556,9 @@ def compare(
     summary = (
         f"{len(runs)} runs of {', '.join(sorted({r.experiment for r in runs}))}"
         + (f" matching `{filter_string}`" if filter_string else "")
-        + f"; differing params: {', '.join(param_columns) or 'none'}; std is the sample std over seeds."
+        + f"; differing params: {', '.join(param_columns) or 'none'}; std is the sample std over seeds"
+        + "; NaN and inf values are counted beside the mean of the finite ones."
+        + (f" {_skipped_text(skipped)} (--include_foreign compares them)." if skipped else "")
     )
     markdown = "\n\n".join(
         [
@@ -553,7 +585,9 @@ def compare(
     with open(os.path.join(output_dir, "comparison.html"), "w", encoding="utf-8") as f:
         f.write(page)
     files += [os.path.join(output_dir, "comparison.md"), os.path.join(output_dir, "comparison.html"), *charts]
-    result = Comparison(runs, columns, param_columns, groups, shown, domain_rows, files, markdown=markdown)
+    result = Comparison(
+        runs, columns, param_columns, groups, shown, domain_rows, files, markdown=markdown, skipped=skipped
+    )
     if log:
         result.run_id = log_comparison(
             client,
@@ -569,6 +603,11 @@ def compare(
             tags={"compared_run_ids": ",".join(r.run_id for r in runs)[:5000]},
         )
     return result
+
+
+def _skipped_text(skipped: Sequence[RunRecord], n: int = 10) -> str:
+    names = ", ".join(f"{r.name} ({r.experiment})" for r in skipped[:n]) + (", ..." if len(skipped) > n else "")
+    return f"skipped {len(skipped)} run{'s' * (len(skipped) != 1)} not written by multiad-monai: {names}"
 
 
 def _runs_csv(runs: Sequence[RunRecord]) -> tuple[list[str], list[list]]:
@@ -588,7 +627,8 @@ def _runs_csv(runs: Sequence[RunRecord]) -> tuple[list[str], list[list]]:
 
 
 def _groups_csv(columns: Sequence[str], groups: Sequence[Group], metrics: Sequence[str]) -> tuple[list[str], list]:
-    header = [*columns, "n", "seeds", "run_ids"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std", "n")]
+    header = [*columns, "n", "seeds", "run_ids"]
+    header += [f"{m}_{s}" for m in metrics for s in ("mean", "std", "n", "nonfinite")]
     rows = []
     for group in groups:
         row = [group.values[c] for c in columns] + [len(group.runs), " ".join(group.seeds)]
@@ -596,6 +636,7 @@ def _groups_csv(columns: Sequence[str], groups: Sequence[Group], metrics: Sequen
         for metric in metrics:
             stats = group.stats(metric)
             row += ["", "", 0] if stats is None else [stats[0], "" if stats[1] is None else stats[1], stats[2]]
+            row.append(group.nonfinite(metric))
         rows.append(row)
     return header, rows
 
@@ -631,6 +672,9 @@ def main(argv: Sequence[str] | None = None) -> Comparison:
     parser.add_argument("--comparison_experiment", default="comparison", help="experiment of the comparison run")
     parser.add_argument("--no_log", action="store_true", help="do not log a comparison run")
     parser.add_argument("--include_unfinished", action="store_true", help="also runs that did not finish")
+    parser.add_argument(
+        "--include_foreign", action="store_true", help="also runs not written by multiad-monai (no version tag)"
+    )
     args = parser.parse_args(argv)
     if bool(args.experiments) == args.all:
         parser.error("name the experiments to compare, or pass --all (not both)")
@@ -645,6 +689,7 @@ def main(argv: Sequence[str] | None = None) -> Comparison:
             log=not args.no_log,
             comparison_experiment=args.comparison_experiment,
             include_unfinished=args.include_unfinished,
+            include_foreign=args.include_foreign,
         )
     except (ValueError, mlflow.exceptions.MlflowException) as e:
         parser.exit(1, f"error: {e}\n")

@@ -18,7 +18,8 @@ the recipe in ``multiad.json`` says (``multiad_monai.transforms.preprocessing`` 
 ``image_size`` it was trained and calibrated at: MONAI's EfficientNet uses static "same" padding computed
 once when the network is built, so other sizes still run (and agree with the eager model for
 ``score="max"``), but the calibration statistics only hold at the training size, and with ``score="topk"``
-the number of averaged pixels is fixed by the traced size.
+the number of averaged pixels is fixed by the traced size. So the file refuses, with a message naming the fix,
+inputs of another size, layout, dtype or value range (:func:`multiad_monai.networks.inputs.check_images`).
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ from torch import nn
 
 from multiad_monai import __version__
 from multiad_monai.checkpoint import CALIBRATION_BUFFERS, load_model
+from multiad_monai.networks.inputs import check_images
 from multiad_monai.networks.multiad import MultiAD, normalize_to_threshold
-from multiad_monai.utils import atomic_write
+from multiad_monai.utils import atomic_write, check_writable
 
-__all__ = ["ExportableMultiAD", "export_torchscript", "export_metadata", "METADATA_FILE"]
+__all__ = ["ExportableMultiAD", "InputChecked", "export_torchscript", "export_metadata", "METADATA_FILE"]
 
 METADATA_FILE = "multiad.json"
 
@@ -86,6 +88,26 @@ class ExportableMultiAD(nn.Module):
         anomaly_map, score = self.anomaly_map(self.teacher(images), self.student(images), images.shape[-2:])
         normalized = normalize_to_threshold(score, self.score_mean, self.score_std, self.threshold_sigmas)
         return anomaly_map, score, normalized
+
+
+class InputChecked(nn.Module):
+    """A traced model behind :func:`~multiad_monai.networks.inputs.check_images`: scripted, so the check runs
+    on every call of the exported file (a traced check would be frozen at the example's shape).
+
+    Args:
+        model: the traced :class:`ExportableMultiAD`.
+        height, width: the recipe's ``image_size``.
+    """
+
+    def __init__(self, model: nn.Module, height: int, width: int) -> None:
+        super().__init__()
+        self.model = model
+        self.height = height
+        self.width = width
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        check_images(images, self.height, self.width)
+        return self.model(images)
 
 
 def export_metadata(network: MultiAD) -> dict:
@@ -140,8 +162,9 @@ def export_torchscript(
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"monai\.networks\.layers")
         with torch.no_grad():
             traced = torch.jit.trace(module, example, check_trace=check_trace)
+    checked = torch.jit.script(InputChecked(traced, *image_size))
     extra_files = {METADATA_FILE: json.dumps(export_metadata(network), indent=2)}
-    atomic_write(path, lambda tmp: torch.jit.save(traced, tmp, _extra_files=extra_files))
+    atomic_write(path, lambda tmp: torch.jit.save(checked, tmp, _extra_files=extra_files))
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -157,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--device", default="cpu", help="tracing device; cpu gives a portable file")
     args = parser.parse_args(argv)
     try:  # bad arguments and files end with their message, not a traceback
+        check_writable(args.output, "--output")  # before the work
         network = load_model(args.ckpt_path, image_size=args.image_size)
         export_torchscript(network, args.output, device=args.device)
     except (ValueError, FileNotFoundError) as e:

@@ -123,10 +123,21 @@ class MultiADPyfunc(mlflow.pyfunc.PythonModel):
             one row per input: ``image``, ``score`` (raw), ``normalized_score`` in ``[0, 1]``, ``is_anomalous``.
         """
         params = {**{spec.name: spec.default for spec in SIGNATURE.params.params}, **(params or {})}
+        threshold = params["threshold"]
+        if not isinstance(threshold, (int, float)) or not 0.0 <= float(threshold) <= 1.0:  # NaN fails too
+            raise ValueError(
+                f"params.threshold must be a number in [0, 1] on the normalised score (0.5 is the calibrated "
+                f"threshold), got {threshold!r}"
+            )
+        if int(params["batch_size"]) < 1:
+            raise ValueError(f"params.batch_size must be >= 1, got {params['batch_size']!r}")
         paths = _paths(model_input)
         missing = [p for p in paths if not os.path.exists(p)]
         if missing:
             raise FileNotFoundError(f"input images not found: {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+        empty = [p for p in paths if os.path.isfile(p) and os.path.getsize(p) == 0]
+        if empty:
+            raise ValueError(f"{empty[0]} is empty (0 bytes): it was not fully written or copied; pass the image again")
         # a DICOM series folder, study folder or multi-frame file gives one input per series
         inputs = [item for p in paths for item in (list_inputs(p) if is_dicom_input(p) else [p])]
         inferer = self.inferer

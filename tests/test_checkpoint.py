@@ -102,3 +102,21 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(ValueError, match=f"{path} cannot be read as a weights-only state dict"):
         load_model(str(path))
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("student.stages.s1.1._bn0.running_var", float("inf"), "non-finite values in 1 tensor (student.stages.s1.1"),
+        ("student.stages.s2.3._bn0.weight", float("nan"), "diverged in training and cannot be used"),
+        ("pixel_std", float("inf"), "non-finite calibration values in 1 tensor (pixel_std)"),
+    ],
+)
+def test_checkpoint_with_non_finite_tensors_is_refused(checkpoint, tmp_path, key, value, message):
+    state = torch.load(checkpoint, weights_only=True)
+    state[key].view(-1)[0] = value
+    path = str(tmp_path / "diverged.pt")
+    torch.save(state, path)
+    with pytest.raises(ValueError) as error:
+        load_model(path)
+    assert message in str(error.value) and path in str(error.value)

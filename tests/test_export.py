@@ -226,3 +226,34 @@ def test_cli_reports_bad_checkpoints_without_writing(tmp_path, capsys):
         main(["--ckpt_path", bad, "--output", str(tmp_path / "bad.ts")])
     assert exit_info.value.code == 1 and f"{bad} is not calibrated" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "bad.ts")
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (torch.rand(2, IMAGE_SIZE, IMAGE_SIZE, 3), "the channels come last, pass images.permute(0, 3, 1, 2)"),
+        (torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE), "a grey image, pass images.expand(-1, 3, -1, -1)"),
+        (torch.rand(3, IMAGE_SIZE, IMAGE_SIZE), "a single image, pass images.unsqueeze(0)"),
+        (torch.rand(2, 3, 64, 64), "got 64 x 64: the model was trained and calibrated at 32 x 32"),
+        (torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE) * 255, "scale the intensities as the recipe in multiad.json says"),
+        ((torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE) * 255).byte(), "got integer values"),
+        (torch.full((2, 3, IMAGE_SIZE, IMAGE_SIZE), float("nan")), "got NaN or Inf values"),
+    ],
+)
+def test_exported_model_refuses_inputs_it_was_not_trained_for(exported, images, message):
+    model = torch.jit.load(exported[1])
+    with pytest.raises(torch.jit.Error) as error:
+        model(images)
+    last = str(error.value).strip().splitlines()[-1]
+    assert last.startswith("builtins.ValueError: expected float images of shape (N, 3, 32, 32)") and message in last
+
+
+@pytest.mark.parametrize("output", ["a_file/model.ts", "."])
+def test_cli_refuses_an_output_it_cannot_write_before_the_work(checkpoint, tmp_path, capsys, monkeypatch, output):
+    (tmp_path / "a_file").write_text("not a folder")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("multiad_monai.export.load_model", lambda *a, **k: pytest.fail("loaded before the check"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--ckpt_path", checkpoint, "--output", output])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 1 and last.startswith(f"error: --output {output} ") and "pass a file" in last

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from PIL import Image
 
-from multiad_monai.mlflow_model import SIGNATURE, _paths
+from multiad_monai.mlflow_model import SIGNATURE, MultiADPyfunc, _paths
+from multiad_monai.networks import MultiAD
 
 
 @pytest.mark.parametrize(
@@ -47,3 +51,36 @@ def test_signature_declares_paths_in_scores_out():
         "threshold": 0.5,
         "batch_size": 16,
     }
+
+
+@pytest.fixture(scope="module")
+def pyfunc_model(tmp_path_factory):
+    """The pyfunc model saved and loaded by MLflow, around a calibrated 32 px checkpoint."""
+    root = tmp_path_factory.mktemp("pyfunc")
+    torch.manual_seed(0)
+    network = MultiAD(image_size=32)
+    network.calibrate(torch.rand(4) + 1, torch.rand(4, 1, 32, 32))
+    torch.save(network.state_dict(), root / "model.pt")
+    mlflow.pyfunc.save_model(
+        str(root / "model"), python_model=MultiADPyfunc(), artifacts={"checkpoint": str(root / "model.pt")},
+        signature=SIGNATURE, pip_requirements=[],
+    )  # fmt: skip
+    image = str(root / "image.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8)).save(image)
+    return mlflow.pyfunc.load_model(str(root / "model")), image, root
+
+
+@pytest.mark.parametrize("threshold", [1.5, -0.1, float("nan")])
+def test_pyfunc_refuses_a_threshold_outside_0_1_as_monai_label_does(pyfunc_model, threshold):
+    model, image, _ = pyfunc_model
+    assert model.predict({"image": [image]})["is_anomalous"].dtype == bool  # a good request works
+    with pytest.raises(ValueError, match=r"params.threshold must be a number in \[0, 1\] .*0.5 is the calibrated"):
+        model.predict({"image": [image]}, params={"threshold": threshold})
+
+
+def test_pyfunc_names_an_empty_file(pyfunc_model):
+    model, image, root = pyfunc_model
+    empty = root / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=f"{empty} is empty \\(0 bytes\\)"):
+        model.predict({"image": [image, str(empty)]})

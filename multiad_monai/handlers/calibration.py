@@ -12,7 +12,9 @@ from monai.utils import convert_to_tensor
 from torch.optim.swa_utils import update_bn
 
 from multiad_monai.data.datasets import cached_teacher_features
+from multiad_monai.handlers.divergence import DivergenceError
 from multiad_monai.networks.multiad import MultiAD
+from multiad_monai.utils.finite import listing, nonfinite_tensors
 
 __all__ = ["CalibrationHandler"]
 
@@ -116,6 +118,12 @@ class CalibrationHandler:
             self.logger.info(f"teacher prior: weight {head.prior_weight:g} x gain {gain:.2f}")
         maps, scores = head.combine(student_maps, prior_maps)
         network.calibrate(scores.float().cpu(), maps.float().cpu())
+        bad = nonfinite_tensors(network.state_dict())
+        if bad:  # e.g. batch-norm statistics recomputed from a student whose weights overflow
+            raise DivergenceError(
+                f"after calibration {listing(bad)} are not finite: the student diverged in training; rerun with a "
+                "lower --learning_rate and --overwrite True. The model was not saved"
+            )
         self.logger.info(
             f"calibrated on {len(scores)} normal images: image threshold "
             f"{self.network.image_threshold.item():.4f}, pixel threshold {self.network.pixel_threshold.item():.4f}"

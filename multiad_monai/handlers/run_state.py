@@ -9,6 +9,8 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
@@ -16,7 +18,14 @@ from ignite.engine import Engine, Events
 from multiad_monai.handlers.checkpoints import last_checkpoint
 from multiad_monai.utils.errors import check_path
 
-__all__ = ["TrainingRunState", "PruneStaleCheckpoints", "check_before_training", "create_tracking_store"]
+__all__ = [
+    "TrainingRunState",
+    "PruneStaleCheckpoints",
+    "check_before_training",
+    "check_resume",
+    "create_tracking_store",
+    "terminate_mlflow_run",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +58,14 @@ def check_before_training(
             logger.info(f"removed {partial}, left by a write that was interrupted")
     last = last_checkpoint(checkpoint_dir)
     finished = [p for p in (ckpt_path, os.path.join(output_dir, "metrics.json")) if os.path.isfile(p)]
+    metrics = os.path.join(output_dir, "metrics.json")
+    if resume and not overwrite and os.path.isfile(metrics):
+        raise ValueError(
+            f"{output_dir} holds a finished training run ({', '.join(finished)}); --resume True continues a killed run "
+            "only and would train this one again. To train again pass --overwrite True (its files are replaced only "
+            "once the new run has trained its first epoch) or another --output_dir; to evaluate it, run the "
+            "'evaluating' workflow"
+        )
     if resume or overwrite or not (last or finished):
         return
     what = f"a finished training run ({', '.join(finished)})" if finished else f"an unfinished run ({last})"
@@ -56,6 +73,41 @@ def check_before_training(
         f"{output_dir} already holds {what}. Pass --resume true to continue it, --overwrite true to replace it "
         "(its files are replaced only once the new run has trained its first epoch), or another --output_dir"
     )
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so that a value read back from a checkpoint compares equal to the config's."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def check_resume(checkpoint_dir: str, resume: bool, params: Mapping[str, Any]) -> None:
+    """Refuse, before anything is loaded or trained, a resume whose hyper-parameters differ from the run it would
+    continue (stored in its epoch checkpoints by :class:`TrainingRunState`): a resumed run is the same run.
+
+    Raises:
+        ValueError: naming each differing key with the stored and the given value, and the ways out.
+    """
+    if not resume:
+        return
+    stored = _stored_run(checkpoint_dir).get("params")
+    if not isinstance(stored, Mapping):  # nothing to resume, or a checkpoint written before params were stored
+        return
+    given = _plain(dict(params))
+    stored = _plain(dict(stored))
+    differing = [key for key in sorted(set(stored) | set(given)) if stored.get(key, "unset") != given.get(key, "unset")]
+    if differing:
+        details = "; ".join(
+            f"{key}: stored {stored.get(key, 'unset')!r}, given {given.get(key, 'unset')!r}" for key in differing
+        )
+        raise ValueError(
+            f"--resume True continues the run in {last_checkpoint(checkpoint_dir)} with the same hyper-parameters, "
+            f"but {len(differing)} differ ({details}). Resume with the stored values, or start a new run with "
+            "--overwrite True (the old files are replaced once it has trained an epoch) or another --output_dir"
+        )
 
 
 def create_tracking_store(tracking_uri: str) -> None:
@@ -70,6 +122,24 @@ def create_tracking_store(tracking_uri: str) -> None:
     with open(path + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         mlflow.MlflowClient(tracking_uri).search_experiments(max_results=1)
+
+
+def terminate_mlflow_run(tracking_uri: str, run_name: str, status: str) -> None:
+    """Mark the MLflow runs named ``run_name`` that are still ``RUNNING`` (dead processes leave them so) ``status``."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'",
+        )
+    except Exception as e:  # a store that cannot be read must not hide the run's own error
+        logger.warning(f"cannot mark MLflow run {run_name} {status}: {e}")
+        return
+    for run in runs:
+        client.set_terminated(run.info.run_id, status=status)
+        logger.info(f"MLflow run {run_name} ({run.info.run_id}) marked {status}")
 
 
 def _stored_run(checkpoint_dir: str) -> dict:
@@ -96,10 +166,20 @@ class TrainingRunState:
         resume: this run continues the last checkpoint.
         tracking_uri: the MLflow store.
         run_name: a name chosen by the user (default: ``train_<time>_<unique>``).
+        params: the run's hyper-parameters, stored so that a resume can be checked against them
+            (:func:`check_resume`).
     """
 
-    def __init__(self, checkpoint_dir: str, resume: bool, tracking_uri: str | None = None, run_name: str | None = None):
+    def __init__(
+        self,
+        checkpoint_dir: str,
+        resume: bool,
+        tracking_uri: str | None = None,
+        run_name: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ):
         stored = _stored_run(checkpoint_dir)
+        self.params = _plain(dict(params or {}))
         self.tracking_uri = tracking_uri
         self.seconds = 0.0
         self._started: float | None = None
@@ -116,7 +196,7 @@ class TrainingRunState:
         return self.seconds + (time.perf_counter() - self._started if self._started is not None else 0.0)
 
     def state_dict(self) -> dict:
-        return {"run_name": self.run_name, "seconds": self.elapsed}
+        return {"run_name": self.run_name, "seconds": self.elapsed, "params": self.params}
 
     def load_state_dict(self, state: dict) -> None:
         self.seconds = float(state["seconds"])
@@ -138,22 +218,8 @@ class TrainingRunState:
         raise error
 
     def _terminate(self, run_name: str, status: str) -> None:
-        if not self.tracking_uri:
-            return
-        import mlflow
-
-        client = mlflow.MlflowClient(self.tracking_uri)
-        try:
-            runs = client.search_runs(
-                [e.experiment_id for e in client.search_experiments()],
-                filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'",
-            )
-        except Exception as e:  # a store that cannot be read must not hide the run's own error
-            logger.warning(f"cannot mark MLflow run {run_name} {status}: {e}")
-            return
-        for run in runs:
-            client.set_terminated(run.info.run_id, status=status)
-            logger.info(f"MLflow run {run_name} ({run.info.run_id}) marked {status}")
+        if self.tracking_uri:
+            terminate_mlflow_run(self.tracking_uri, run_name, status)
 
 
 class PruneStaleCheckpoints:

@@ -29,6 +29,7 @@ import multiad_monai
 from multiad_monai.monailabel.infer import AnomalyInferTask
 from multiad_monai.monailabel.models import BundleModel, default_device
 from multiad_monai.monailabel.pacs import PacsDatastore
+from multiad_monai.monailabel.runs import TrainingBusy, die_with_parent
 from multiad_monai.monailabel.train import RetrainTask
 from multiad_monai.monailabel.triage import AnomalyScoring, MostAnomalous
 
@@ -111,13 +112,19 @@ class MultiADApp(MONAILabelApp):
         from multiad_monai.monailabel import routes
 
         routes.install(server)
+        for name, trainer in self.trainers.items():
+            marked = trainer.mark_interrupted()
+            if marked:
+                logger.warning(f"{name}: retrain runs {marked} were interrupted; their folders are kept")
         super().on_init_complete()
 
     def train(self, request: dict[str, Any]) -> dict[str, Any]:
         """Run a retrain request: in MONAI Label's task subprocess a bad request ends with its message only."""
+        if not self._server_mode:  # MONAI Label's task subprocess: it must not outlive the server (kill -9)
+            die_with_parent()
         try:
             return super().train(request)
-        except (ValueError, FileNotFoundError) as e:
+        except (ValueError, FileNotFoundError, TrainingBusy) as e:
             if self._server_mode:  # run_sync=true: inside a request
                 raise HTTPException(400, str(e)) from e
             logger.error(f"training {request.get('model')} failed: {e}")

@@ -26,6 +26,7 @@ from monailabel.interfaces.utils.app import app_instance
 
 from multiad_monai.monailabel.infer import InputError, check_infer_params
 from multiad_monai.monailabel.pacs import PacsUnavailable
+from multiad_monai.monailabel.runs import TrainingBusy, TrainingLock
 from multiad_monai.monailabel.studies import review, select
 from multiad_monai.monailabel.train import check_train_params
 from multiad_monai.upstream import add_exception_handler_to_running_app
@@ -111,7 +112,8 @@ async def run_training(
         raise HTTPException(400, str(e)) from e
     try:
         select(review(app.datastore()))
-    except ValueError as e:
+        TrainingLock(app.trainers[model].model.runs_dir, model).check_free()
+    except (ValueError, TrainingBusy) as e:
         raise HTTPException(409, str(e)) from e
     return train.run_model(model, params, run_sync, enqueue)
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +28,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from multiad_monai.monailabel.models import RUN_FILE, BundleModel
+from multiad_monai.monailabel.runs import TrainingLock, die_with_parent, interrupted, mark_interrupted
 from multiad_monai.monailabel.studies import build_dataset, review
 from multiad_monai.utils import atomic_write
 
@@ -68,11 +71,15 @@ def bundle_defaults(bundle_dir: str) -> dict[str, Any]:
     return {key: value for key, value in values.items() if plain(value)}
 
 
-def run_quietly(command: list[str], cwd: str) -> tuple[int, str]:
+def run_quietly(command: list[str], cwd: str, pass_fds: tuple[int, ...] = ()) -> tuple[int, str]:
     """Run ``command``, passing its output on without traceback frames; returns ``(exit code, last line)``.
 
-    MONAI Label shows the task's last output lines to the client: they should end with the error's message.
+    MONAI Label shows the task's last output lines to the client: they should end with the error's message. The
+    command runs in its own process group and is killed with this process (also by ``kill -9``, see
+    :func:`~multiad_monai.monailabel.runs.die_with_parent`); if reading its output fails, its group is killed
+    before the error goes on, so that nothing still writes into a folder the caller then removes.
     """
+    parent = os.getpid()
     process = subprocess.Popen(
         command,
         cwd=cwd,
@@ -81,20 +88,36 @@ def run_quietly(command: list[str], cwd: str) -> tuple[int, str]:
         text=True,
         encoding="utf-8",
         errors="replace",
+        start_new_session=True,
+        pass_fds=pass_fds,
+        preexec_fn=lambda: die_with_parent(parent),
     )
     last, in_traceback = "", False
-    for line in process.stdout:
-        line = line.rstrip()
-        if line.startswith("Traceback (most recent call last)"):
-            in_traceback = True
-            continue
-        if in_traceback and (line.startswith(" ") or not line):
-            continue
-        in_traceback = False
-        if line:
-            print(line, flush=True)
-            last = line
-    return process.wait(), last
+    try:
+        for line in process.stdout:
+            line = line.rstrip()
+            if line.startswith("Traceback (most recent call last)"):
+                in_traceback = True
+                continue
+            if in_traceback and (line.startswith(" ") or not line):
+                continue
+            in_traceback = False
+            if line:
+                try:
+                    print(line, flush=True)
+                except OSError:  # the server reading this process's output is gone: keep draining, never fail here
+                    pass
+                # a failed bundle ends with "error: <message>" between rules (multiad_monai.utils.readable_errors)
+                if line.startswith("error: ") or not (last.startswith("error: ") or set(line) <= set("-(). ")):
+                    last = line
+    finally:
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        code = process.wait()
+    return code, last
 
 
 def _same_type(value: Any, default: Any) -> bool:
@@ -107,11 +130,56 @@ def _same_type(value: Any, default: Any) -> bool:
     return isinstance(value, type(default))
 
 
+# numeric train parameters: (low, high, low included, high included); None = unbounded
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "epochs": (1, None, True, False),
+    "batch_size": (1, None, True, False),
+    "image_size": (32, None, True, False),
+    "min_iterations": (0, None, True, False),
+    "num_overlays": (0, None, True, False),
+    "seed": (0, 2**32 - 1, True, True),
+    "learning_rate": (0, 1, False, True),
+    "discriminator_learning_rate": (0, 1, False, True),
+    "betas": (0, 1, True, False),
+    "weight_decay": (0, None, True, False),
+    "adversarial_weight": (0, None, True, False),
+    "adversarial_warmup": (0, 1, True, True),
+    "hard_ratio": (0, 1, False, True),
+    "label_smoothing": (0, 0.5, True, False),
+    "calibration_fraction": (0, 1, False, False),
+    "topk_ratio": (0, 1, False, True),
+    "threshold_sigmas": (0, None, False, False),
+    "prior_weight": (0, None, True, False),
+    "sigma": (0, None, True, False),
+    "min_foreground": (0, 1, True, True),
+}
+
+
+def _range_text(low: float | None, high: float | None, low_in: bool, high_in: bool) -> str:
+    if high is None:
+        return f"{'>=' if low_in else '>'} {low}"
+    return f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+
+
+def _check_value(key: str, value: Any) -> None:
+    """Finite, and within :data:`RANGES` (each element of a list)."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"train parameter {key!r} must be a finite number, got {item!r}")
+        if key in RANGES and isinstance(item, (int, float)) and not isinstance(item, bool):
+            low, high, low_in, high_in = RANGES[key]
+            below = low is not None and (item < low if low_in else item <= low)
+            above = high is not None and (item > high if high_in else item >= high)
+            if below or above:
+                raise ValueError(f"train parameter {key!r} must be {_range_text(*RANGES[key])}, got {item!r}")
+
+
 def check_train_params(defaults: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     """The bundle overrides of a train request, checked against the bundle's own values.
 
     Raises:
-        ValueError: a key the request may not set, or a value of the wrong type, named with what is accepted.
+        ValueError: a key the request may not set, a value of the wrong type, not finite or out of range
+            (:data:`RANGES`), named with what is accepted.
     """
     overrides = {}
     for key, value in request.items():
@@ -126,10 +194,8 @@ def check_train_params(defaults: dict[str, Any], request: dict[str, Any]) -> dic
                 f"train parameter {key!r} must be like the bundle's {defaults[key]!r} "
                 f"({type(defaults[key]).__name__}), got {value!r}"
             )
+        _check_value(key, value)
         overrides[key] = value
-    for key in ("epochs", "image_size", "batch_size"):
-        if key in overrides and overrides[key] < (32 if key == "image_size" else 1):
-            raise ValueError(f"train parameter {key!r} is too small: {overrides[key]}")
     return overrides
 
 
@@ -156,10 +222,11 @@ class RetrainTask(TrainTask):
     def stats(self) -> dict[str, Any]:
         path = self.model.checkpoint_path()
         record = os.path.join(os.path.dirname(path), RUN_FILE)
+        stopped = {"interrupted": interrupted(self.model.runs_dir)}
         if not os.path.isfile(record):
-            return {"ckpt_path": path, "retrained": False}
+            return {"ckpt_path": path, "retrained": False, **stopped}
         with open(record, encoding="utf-8") as f:
-            return {**json.load(f), "retrained": True}
+            return {**json.load(f), "retrained": True, **stopped}
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         """Run one retraining; returns the run record (also written to ``run.json``).
@@ -170,6 +237,30 @@ class RetrainTask(TrainTask):
         overrides = check_train_params(self.defaults, request)
         name = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         run_dir = os.path.join(self.model.runs_dir, name)
+        # held by this process and the bundle process until run.json is written: one training of the model at
+        # a time, and a folder in use is never taken for an interrupted one
+        lock = TrainingLock(self.model.runs_dir, self.model.name).acquire(name, wait=5.0)
+        try:
+            return self._train(request, datastore, overrides, name, run_dir, lock)
+        finally:
+            lock.release()
+
+    def tracking_uri(self) -> str:
+        return "sqlite:///" + os.path.join(os.path.abspath(self.model.runs_dir), "mlruns.db")
+
+    def mark_interrupted(self) -> list[str]:
+        """Mark the runs a dead server or training process left unfinished (see :mod:`~.runs`)."""
+        return mark_interrupted(self.model.runs_dir, self.model.name, RUN_FILE, self.tracking_uri())
+
+    def _train(
+        self,
+        request: dict[str, Any],
+        datastore: Datastore,
+        overrides: dict[str, Any],
+        name: str,
+        run_dir: str,
+        lock: TrainingLock,
+    ) -> dict[str, Any]:
         os.makedirs(run_dir)
         try:
             studies = build_dataset(review(datastore), os.path.join(run_dir, "dataset"))
@@ -180,7 +271,7 @@ class RetrainTask(TrainTask):
                 "dataset_dir": os.path.join(run_dir, "dataset"),
                 "output_dir": run_dir,
                 "ckpt_path": os.path.join(run_dir, "model.pt"),
-                "tracking_uri": "sqlite:///" + os.path.join(os.path.abspath(self.model.runs_dir), "mlruns.db"),
+                "tracking_uri": self.tracking_uri(),
                 "run_name": f"{self.model.name}-{name}",
                 **overrides,
             }
@@ -191,9 +282,10 @@ class RetrainTask(TrainTask):
                 "--args_file", os.path.join(run_dir, "args.json"),
             ]  # fmt: skip
             root = os.path.dirname(os.path.dirname(os.path.abspath(self.model.bundle_dir)))
-            code, last_line = run_quietly(command, cwd=root)
+            code, last_line = run_quietly(command, cwd=root, pass_fds=(lock.fileno(),))
             if code != 0:
-                raise ValueError(f"the {self.model.name} training bundle failed (exit code {code}): {last_line}")
+                reason = last_line.removeprefix("error: ")
+                raise ValueError(f"the {self.model.name} training bundle failed (exit code {code}): {reason}")
             metrics_file = os.path.join(run_dir, "metrics.json")
             metrics = json.load(open(metrics_file, encoding="utf-8")) if os.path.isfile(metrics_file) else {}
             record = {

@@ -154,6 +154,13 @@ class MultiAD(nn.Module):
         """
         if scores.numel() < 2:
             raise ValueError(f"calibration needs at least 2 normal images, got {scores.numel()}")
+        bad_scores, bad_pixels = int((~torch.isfinite(scores)).sum()), int((~torch.isfinite(maps)).sum())
+        if bad_scores or bad_pixels:
+            raise ValueError(
+                f"calibration statistics are not finite ({bad_scores} of {scores.numel()} image scores, {bad_pixels} "
+                f"of {maps.numel()} map pixels are NaN or Inf): the student diverged in training (lower the learning "
+                "rate) or the held-out images hold NaN or Inf"
+            )
         if tuple(maps.shape[-2:]) != self.recipe.image_size:
             raise ValueError(
                 f"calibration maps are {tuple(maps.shape[-2:])}, the recipe's image_size is {self.recipe.image_size}"

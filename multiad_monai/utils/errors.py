@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import traceback
 from types import TracebackType
 
-__all__ = ["check_flags", "check_path", "readable_errors", "root_message"]
+__all__ = ["check_flags", "check_path", "check_writable", "readable_errors", "root_message"]
 
 PARSER_HINT = (
     "the MONAI bundle parser rewrites '#' in config values to '::' and evaluates values that start with '$' as "
@@ -51,6 +52,32 @@ def check_path(path: str | None, key: str) -> str | None:
     """``path`` unchanged, or a ``ValueError`` naming ``key`` when the bundle parser has visibly mangled it."""
     if path and "::" in str(path) and not os.path.exists(path):
         raise ValueError(f"{key} {path!r} does not exist and holds '::': {PARSER_HINT}")
+    return path
+
+
+def check_writable(path: str, key: str, folder: bool = False) -> str:
+    """``path`` unchanged when it can be written (its folder is created), else a ``ValueError`` naming ``key``:
+    called before the work, so an output that cannot be written is not found out after it.
+
+    Args:
+        path: a file to write, or with ``folder`` a folder to write into.
+        key: the option that gave it (``--output``), for the message.
+        folder: ``path`` is a folder.
+    """
+    if folder and os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(f"{key} {path} is a file, not a folder: pass another {key}")
+    if not folder and os.path.isdir(path):
+        raise ValueError(f"{key} {path} is a folder: pass a file name inside it")
+    directory = path if folder else os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ValueError(
+            f"{key} {path} cannot be written ({e.strerror or e}): pass a {'folder' if folder else 'file'} in a place "
+            "you can write to"
+        ) from e
     return path
 
 

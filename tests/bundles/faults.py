@@ -17,6 +17,8 @@ from ignite.engine import Engine, Events
 from multiad_monai.handlers import metrics_writer
 
 POINTS = ("mid_epoch", "checkpoint_write", "calibration", "evaluation", "metrics_write")
+# not kills: the run goes on with a broken model and must stop by itself
+DIVERGE = "diverge_epoch_2"
 
 
 def _kill(*_) -> None:
@@ -44,8 +46,20 @@ def arm(point: str | None, trainer: Engine, evaluator: Engine) -> None:
     """Register the kill for ``point`` (one of :data:`POINTS`; None does nothing)."""
     if not point:
         return
+    if point == DIVERGE:  # one batch-norm statistic of the student overflows in epoch 2, as a too high lr does
+
+        @trainer.on(Events.EPOCH_STARTED(once=2))
+        def _arm_overflow(engine: Engine) -> None:
+            def overflow(_: Engine) -> None:
+                next(b for n, b in engine.network.student.named_buffers() if n.endswith("running_var")).fill_(
+                    float("inf")
+                )
+
+            engine.add_event_handler(Events.ITERATION_COMPLETED(once=engine.state.iteration + 1), overflow)
+
+        return
     if point not in POINTS:
-        raise ValueError(f"unknown fault point {point!r}; choose one of {POINTS}")
+        raise ValueError(f"unknown fault point {point!r}; choose one of {POINTS + (DIVERGE,)}")
     if point == "mid_epoch":  # two iterations into epoch 2
 
         @trainer.on(Events.EPOCH_STARTED(once=2))

@@ -77,9 +77,39 @@ def test_finished_run_is_never_overwritten_by_accident(mvtec_dir, tmp_path):
     assert result.returncode != 0 and "already holds a finished training run" in "\n".join(last_lines)
     assert {name: open(os.path.join(out, name), "rb").read() for name in before} == before  # byte for byte
 
+    # --resume does not train a finished run again, with or without other hyper-parameters
+    for extra in ((), ("--learning_rate", "0.5")):
+        resumed = _train(out, mvtec_dir, "--epochs", "1", "--resume", "True", *extra)
+        last = resumed.stderr.strip().splitlines()[-3]
+        assert resumed.returncode == 1 and "holds a finished training run" in last and "--overwrite True" in last, last
+        assert "Epoch[" not in resumed.stdout + resumed.stderr
+        assert {name: open(os.path.join(out, name), "rb").read() for name in before} == before
+    assert [r.info.status for r in _runs(out)] == ["FINISHED"]
+
     assert _train(out, mvtec_dir, "--epochs", "1", "--learning_rate", "0.01", "--overwrite", "true").returncode == 0
     runs = _runs(out)
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"] and len({r.info.run_name for r in runs}) == 2
+
+
+def test_resume_with_other_hyper_parameters_is_refused_before_any_work(mvtec_dir, tmp_path):
+    out = str(tmp_path)
+    killed = _train(out, mvtec_dir, "--fault", "mid_epoch", configs=("train.json", PROBE))
+    assert killed.returncode == -signal.SIGKILL
+    folder = os.path.join(out, "checkpoints")
+    before = {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)}
+
+    refused = _train(out, mvtec_dir, "--resume", "True", "--learning_rate", "0.5", "--epochs", "4")
+    last = refused.stderr.strip().splitlines()[-3]
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert "learning_rate: stored 0.001, given 0.5" in last and "epochs: stored 3, given 4" in last, last
+    assert "--overwrite True" in last and "--output_dir" in last, last
+    assert "Restored all variables" not in refused.stdout + refused.stderr  # nothing was loaded or trained
+    assert {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)} == before
+    assert [r.info.status for r in _runs(out)] == ["RUNNING"]  # the killed run, still resumable
+
+    resumed = _train(out, mvtec_dir, "--resume", "True")  # nothing was lost: the same run continues
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r.info.status for r in _runs(out)] == ["FINISHED"]
 
 
 def test_killed_run_replaced_with_other_settings_is_marked_killed(mvtec_dir, tmp_path):

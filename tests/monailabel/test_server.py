@@ -80,12 +80,8 @@ class Server:
             return f.read()[-4000:]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, checkpoint):
-    root = tmp_path_factory.mktemp("monailabel_server")
-    app, studies = str(root / "app"), str(root / "studies")
-    shutil.copytree(os.path.join(ROOT, "apps", "multiad"), app, ignore=shutil.ignore_patterns("model", "logs", "lib"))
-    write_studies(studies)
+def start_server(app: str, studies: str, checkpoint: str, log: str, models: str = "brain,mvtec") -> Server:
+    """``python -m monailabel.main start_server`` in its own session, answering ``GET /info/``."""
     port = free_port()
     env = {
         **os.environ,
@@ -95,34 +91,56 @@ def server(tmp_path_factory, checkpoint):
     }
     command = [
         sys.executable, "-m", "monailabel.main", "start_server", "--app", app, "--studies", studies,
-        "--conf", "models", "brain,mvtec", "--conf", "brain_ckpt_path", checkpoint,
+        "--conf", "models", models, "--conf", "brain_ckpt_path", checkpoint,
         "--conf", "mvtec_ckpt_path", checkpoint, "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
-    log = str(root / "server.log")
-    with open(log, "w", encoding="utf-8") as out:
+    with open(log, "a", encoding="utf-8") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", app, studies, process, log)
+    deadline = time.time() + 180
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with {process.returncode}:\n{server.log_tail()}")
+        try:
+            if server.get("/info/").status_code == 200:
+                return server
+        except requests.ConnectionError:
+            pass
+        if time.time() > deadline:
+            stop_server(server)
+            pytest.fail(f"the server did not answer within 180 s:\n{server.log_tail()}")
+        time.sleep(1)
+
+
+def stop_server(server: Server) -> None:
+    """SIGTERM to the server's process group (its task subprocesses too), SIGKILL if it lingers."""
     try:
-        deadline = time.time() + 180
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{server.log_tail()}")
-            try:
-                if server.get("/info/").status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"the server did not answer within 180 s:\n{server.log_tail()}")
-            time.sleep(1)
+        os.killpg(server.process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+
+
+def copy_app(root) -> str:
+    app = str(root / "app")
+    shutil.copytree(os.path.join(ROOT, "apps", "multiad"), app, ignore=shutil.ignore_patterns("model", "logs", "lib"))
+    return app
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, checkpoint):
+    root = tmp_path_factory.mktemp("monailabel_server")
+    app, studies = copy_app(root), str(root / "studies")
+    write_studies(studies)
+    server = start_server(app, studies, checkpoint, str(root / "server.log"))
+    try:
         yield server
     finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the server's process group: its task subprocesses too
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_server(server)
 
 
 def parts(response: requests.Response, tmp_path) -> tuple[dict, str]:

@@ -97,7 +97,8 @@ DEFAULTS = bundle_defaults(os.path.join(ROOT, "bundles", "brain"))
         ({"epochz": 1}, "unknown train parameter 'epochz'"),
         ({"epochs": "many"}, "'epochs' must be like the bundle's 5"),
         ({"epochs": True}, "'epochs' must be like"),
-        ({"image_size": 16}, "'image_size' is too small"),
+        ({"image_size": 16}, "'image_size' must be >= 32, got 16"),
+        ({"learning_rate": float("nan")}, "'learning_rate' must be a finite number"),
         ({"dataset_dir": "/data"}, "'dataset_dir' is set by the app"),
     ],
 )

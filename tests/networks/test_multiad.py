@@ -61,6 +61,14 @@ def test_calibration_needs_two_images(model):
         model.calibrate(torch.tensor([1.0]), torch.rand(1, 1, 4, 4))
 
 
+@pytest.mark.parametrize("bad", ["scores", "maps"])
+def test_calibration_refuses_non_finite_statistics(model, bad):
+    scores, maps = torch.tensor([1.0, 2.0, 3.0]), torch.rand(3, 1, 8, 8)
+    (scores if bad == "scores" else maps).view(-1)[1] = float("inf")
+    with pytest.raises(ValueError, match="calibration statistics are not finite.*diverged"):
+        model.calibrate(scores, maps)
+
+
 def test_discriminator_logits():
     disc = FeatureDiscriminator(112)
     assert disc(torch.rand(4, 112, 8, 8)).shape == (4, 1)
