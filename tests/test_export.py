@@ -256,4 +256,5 @@ def test_cli_refuses_an_output_it_cannot_write_before_the_work(checkpoint, tmp_p
     with pytest.raises(SystemExit) as exit_info:
         main(["--ckpt_path", checkpoint, "--output", output])
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert exit_info.value.code == 1 and last.startswith(f"error: --output {output} ") and "pass a file" in last
+    assert exit_info.value.code == 1 and last.startswith(f"error: --output {output} ")
+    assert ("a_file is a file, not a folder; pass another --output" if "/" in output else "is a folder") in last

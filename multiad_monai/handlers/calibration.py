@@ -121,8 +121,8 @@ class CalibrationHandler:
         bad = nonfinite_tensors(network.state_dict())
         if bad:  # e.g. batch-norm statistics recomputed from a student whose weights overflow
             raise DivergenceError(
-                f"after calibration {listing(bad)} are not finite: the student diverged in training; rerun with a "
-                "lower --learning_rate and --overwrite True. The model was not saved"
+                f"after calibration {listing(bad)} {'is' if len(bad) == 1 else 'are'} not finite: the student "
+                "diverged in training; rerun with a lower --learning_rate and --overwrite True. The model was not saved"
             )
         self.logger.info(
             f"calibrated on {len(scores)} normal images: image threshold "

@@ -71,7 +71,7 @@ class DivergenceGuard:
             for key in nonfinite_tensors(getattr(self.network, name).state_dict())
         ]
         if bad:
-            self._fail(engine, f"{listing(bad)} are not finite")
+            self._fail(engine, f"{listing(bad)} {'is' if len(bad) == 1 else 'are'} not finite")
 
     def _fail(self, engine: Engine, what: str) -> None:
         rates = ", ".join(f"{key} {value:g}" for key, value in self.learning_rates.items())

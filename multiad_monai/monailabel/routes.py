@@ -118,6 +118,30 @@ async def run_training(
     return train.run_model(model, params, run_sync, enqueue)
 
 
+async def run_all_training(
+    params: dict | None = None,
+    run_sync: bool | None = False,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+):
+    """MONAI Label's ``POST /train/`` (every model, ``{"<model>": {...}}``), with the checks of ``/train/<model>``."""
+    app: MultiADApp = app_instance()
+    for model, request in (params or {}).items():
+        _known("model", model, list(app.trainers))
+        if not isinstance(request, dict):
+            raise HTTPException(400, f"params.{model} must be a JSON object of train parameters, got {request!r}")
+        try:
+            check_train_params(app.trainers[model].defaults, request)
+        except ValueError as e:
+            raise HTTPException(400, f"{model}: {e}") from e
+    try:
+        select(review(app.datastore()))
+        for model in app.trainers:
+            TrainingLock(app.trainers[model].model.runs_dir, model).check_free()
+    except (ValueError, TrainingBusy) as e:
+        raise HTTPException(409, str(e)) from e
+    return train.run(params, run_sync)
+
+
 async def run_scoring(
     method: str,
     params: dict | None = None,
@@ -151,6 +175,7 @@ def install(server: FastAPI) -> None:
     """Serve the checked routes before MONAI Label's routes of the same paths (FastAPI matches in order)."""
     router = APIRouter(prefix=settings.MONAI_LABEL_API_STR)
     router.add_api_route("/infer/{model}", run_inference, methods=["POST"], summary="Run inference (checked)")
+    router.add_api_route("/train/", run_all_training, methods=["POST"], summary="Retrain every model (checked)")
     router.add_api_route("/train/{model}", run_training, methods=["POST"], summary="Retrain a model (checked)")
     router.add_api_route("/scoring/{method}", run_scoring, methods=["POST"], summary="Run scoring (checked)")
     router.add_api_route("/activelearning/{strategy}", next_sample, methods=["POST"], summary="Next study (checked)")

@@ -69,6 +69,11 @@ def check_writable(path: str, key: str, folder: bool = False) -> str:
     if not folder and os.path.isdir(path):
         raise ValueError(f"{key} {path} is a folder: pass a file name inside it")
     directory = path if folder else os.path.dirname(os.path.abspath(path))
+    ancestor = os.path.abspath(directory)
+    while not os.path.lexists(ancestor) and os.path.dirname(ancestor) != ancestor:
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ValueError(f"{key} {path} cannot be written: {ancestor} is a file, not a folder; pass another {key}")
     try:
         os.makedirs(directory, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):

@@ -57,9 +57,11 @@ BAD_PARAMS = [
 ]
 
 
+@pytest.mark.parametrize("path", ["/train/brain", "/train/"])  # /train/ takes {"<model>": {...}} for every model
 @pytest.mark.parametrize("body, message", BAD_PARAMS)
-def test_bad_train_params_answer_json_400_and_start_no_task(server, body, message):
-    response = server.post("/train/brain", data=body, headers={"content-type": "application/json"})
+def test_bad_train_params_answer_json_400_and_start_no_task(server, path, body, message):
+    body = body if path == "/train/brain" else '{"brain": ' + body + "}"
+    response = server.post(path, data=body, headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text
     assert message in response.json()["detail"]
     status = server.get("/train/")  # no task was started, and the status still answers JSON
