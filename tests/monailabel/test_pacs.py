@@ -11,10 +11,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import nibabel as nib
 import numpy as np
@@ -24,12 +20,11 @@ pytest.importorskip("monailabel", reason="the MONAI Label app needs the extra: p
 hd = pytest.importorskip("highdicom")
 
 import pydicom  # noqa: E402
-import requests  # noqa: E402
 
 from tests.bundles.helpers import ROOT  # noqa: E402
 from tests.dicom import write_series  # noqa: E402
 from tests.monailabel.studies import LESION, volume  # noqa: E402
-from tests.monailabel.test_server import Server, wait_for  # noqa: E402
+from tests.monailabel.test_server import start_server, stop_server, wait_for  # noqa: E402
 from tests.pacs import ORTHANC, Orthanc, free_port  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -64,41 +59,16 @@ def server(tmp_path_factory, checkpoint, pacs):
     root = tmp_path_factory.mktemp("monailabel_pacs")
     app = str(root / "app")
     shutil.copytree(os.path.join(ROOT, "apps", "multiad"), app, ignore=shutil.ignore_patterns("model", "logs", "lib"))
-    port = free_port()
     env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
-        "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
         "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(root / "cache"),
         "MONAI_LABEL_DICOMWEB_CACHE_EXPIRY": "1",  # series stored later are listed at once
         "HOME": str(root),  # nothing written to the user's ~/.cache
     }
-    command = [
-        sys.executable, "-m", "monailabel.main", "start_server", "--app", app, "--studies", pacs.dicomweb,
-        "--conf", "models", "brain", "--conf", "brain_ckpt_path", checkpoint, "--host", "127.0.0.1",
-        "--port", str(port),
-    ]  # fmt: skip
-    log = str(root / "server.log")
-    with open(log, "w", encoding="utf-8") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", app, pacs.dicomweb, process, log)
+    server = start_server(app, pacs.dicomweb, checkpoint, str(root / "server.log"), models="brain", env=env)
     try:
-        deadline = time.time() + 180
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{server.log_tail()}")
-            try:
-                if server.get("/info/").status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"the server did not answer within 180 s:\n{server.log_tail()}")
-            time.sleep(1)
         yield server
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
+        stop_server(server)
 
 
 def test_starts_offline_and_lists_the_pacs_series(server, pacs):

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from requests_toolbelt.multipart.decoder import MultipartDecoder  # noqa: E402
 
 from tests.bundles.helpers import ROOT  # noqa: E402
 from tests.monailabel.studies import LESION, TILTED_AFFINE, save_volume, volume, write_png  # noqa: E402
+from tests.pacs import free_port  # noqa: E402
 
 NORMAL = ["normal0", "normal1", "normal2"]
 LESIONS = ["lesion0", "tilted", "scan"]  # scan is an NRRD volume
@@ -51,11 +51,6 @@ def write_studies(folder: str) -> None:
     with open(os.path.join(folder, "corrupt.nii.gz"), "wb") as f:
         f.write(b"not a NIfTI file" * 8)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -80,14 +75,18 @@ class Server:
             return f.read()[-4000:]
 
 
-def start_server(app: str, studies: str, checkpoint: str, log: str, models: str = "brain,mvtec") -> Server:
-    """``python -m monailabel.main start_server`` in its own session, answering ``GET /info/``."""
+def start_server(
+    app: str, studies: str, checkpoint: str, log: str, models: str = "brain,mvtec", env: dict | None = None
+) -> Server:
+    """``python -m monailabel.main start_server`` in its own session, answering ``GET /info/``; ``env`` adds
+    environment variables (MONAI Label settings)."""
     port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
         # the tests call /scoring themselves (by default it also runs at start-up, after /train and /activelearning)
         "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+        **(env or {}),
     }
     command = [
         sys.executable, "-m", "monailabel.main", "start_server", "--app", app, "--studies", studies,
