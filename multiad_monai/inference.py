@@ -29,7 +29,7 @@ from multiad_monai.data.datasets import NamedErrorDataset, apply_named
 from multiad_monai.data.layouts import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, file_stem
 from multiad_monai.dicom_output import write_heatmap, write_segmentation
 from multiad_monai.networks.multiad import MultiAD
-from multiad_monai.transforms.dicom import DicomSeries, find_series, is_dicom_file, is_dicom_input
+from multiad_monai.transforms.dicom import DicomSeries, NoImageSeries, find_series, is_dicom_file, is_dicom_input
 from multiad_monai.transforms.preprocessing import (
     image_transform,
     network_input,
@@ -82,7 +82,12 @@ def list_inputs(input_path: str | None) -> list[Input]:
         for f in os.listdir(input_path)
         if f.lower().endswith(IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
     )
-    series = find_series(input_path) if is_dicom_input(input_path) else []
+    try:
+        series = find_series(input_path) if is_dicom_input(input_path) else []
+    except NoImageSeries:  # e.g. the DICOM results of an earlier run in a sub-folder, beside image files
+        if not files:
+            raise
+        series = []
     if not files and not series:
         raise ValueError(
             f"no image or volume files in {input_path} (expected {IMAGE_EXTENSIONS + VOLUME_EXTENSIONS} or DICOM "

@@ -159,3 +159,9 @@ def test_pyfunc_model_scores_each_series_of_a_study(inferer, study):
     assert list(table["series_uid"]) == [s.uid for s in list_inputs(study)]
     assert list(table["image"]) == [os.path.join(study, "ct"), study]
     assert table["score"].notna().all()
+
+
+def test_a_folder_of_volumes_with_earlier_dicom_results_inside_lists_the_volumes(inferer, study, tmp_path):
+    inferer(os.path.join(study, "ct"), str(tmp_path / "in" / "results"))  # SEG and Parametric Map under "in/"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.float32), np.eye(4)), str(tmp_path / "in" / "scan.nii.gz"))
+    assert list_inputs(str(tmp_path / "in")) == [str(tmp_path / "in" / "scan.nii.gz")]

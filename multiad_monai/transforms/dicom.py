@@ -36,6 +36,7 @@ __all__ = [
     "DicomSeries",
     "DicomSeriesError",
     "DicomSeriesReader",
+    "NoImageSeries",
     "SEG_CLASS",
     "find_series",
     "is_dicom_file",
@@ -105,6 +106,10 @@ SPACING_TOLERANCE = 0.05  # a gap more than 5 % off the series' usual spacing me
 
 class DicomSeriesError(ValueError):
     """A DICOM input that cannot be read as one volume; the message names the series and the fix."""
+
+
+class NoImageSeries(DicomSeriesError):
+    """DICOM files, but none that is a slice of an image volume (only SEG, SR, ... or earlier results)."""
 
 
 def require_dicom_extra(what: str = "reading DICOM") -> None:
@@ -258,7 +263,7 @@ def find_series(path: str | Sequence[str]) -> list[DicomSeries]:
             groups.setdefault(str(ds.SeriesInstanceUID), []).append((file, ds))
     series = multi_frame + [_check_slices(slices) for slices in groups.values()]
     if not series:
-        raise DicomSeriesError(f"no DICOM image series in {path}: every DICOM file there was skipped (see the log)")
+        raise NoImageSeries(f"no DICOM image series in {path}: every DICOM file there was skipped (see the log)")
     for s in series:
         _check_syntax(s)
     return sorted(series, key=lambda s: (s.number if s.number is not None else 1 << 30, s.description, s.uid))
