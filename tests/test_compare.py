@@ -194,7 +194,7 @@ def test_pyfunc_model_in_a_fresh_process_scores_as_the_inference_bundle(store, t
     predicted = json.loads(result.stdout.strip().splitlines()[-1])
     assert predicted["run"]["image"] == images and predicted["registered"] == predicted["run"]
     assert predicted["map_shapes"] == [[48, 48]] * len(images)  # maps at the input size
-    assert set(predicted["run"]) == {"image", "score", "normalized_score", "is_anomalous"}
+    assert set(predicted["run"]) == {"image", "score", "normalized_score", "is_anomalous", "series_uid"}
     scored = dict(zip(images, zip(*(predicted["run"][k] for k in ("score", "normalized_score", "is_anomalous")))))
     assert len(bundle) == 4
     for path, row in bundle.items():
