@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from multiad_monai.networks.encoders import TEACHERS
-from multiad_monai.networks.multiad import MultiAD
+from multiad_monai.networks.multiad import MultiAD, legacy_keys
 from multiad_monai.recipe import Recipe, check_given
 from multiad_monai.utils import atomic_write, check_path
 from multiad_monai.utils.finite import listing, nonfinite_tensors
@@ -83,7 +83,7 @@ def read_state(ckpt_path: str) -> dict[str, Any]:
     )
     if not tensors_or_recipe:
         raise ValueError(f"{ckpt_path} is not a MultiAD state dict (expected a dict of tensors)")
-    return dict(state)
+    return legacy_keys(state)  # checkpoints from before the head split load unchanged
 
 
 def _recipe_of(state: Mapping[str, Any], ckpt_path: str) -> Recipe:
@@ -123,16 +123,17 @@ def _check_finite(state: Mapping[str, Any], ckpt_path: str, require_calibrated: 
         if head:
             raise ValueError(
                 f"{ckpt_path} holds non-finite calibration values in {listing(head)}: recalibrate it (run "
-                "MultiAD.calibrate on normal images and save again) or retrain it"
+                "multiad_monai.calibration.calibrate on normal images and save again) or retrain it"
             )
 
 
 def _check_calibrated(state: Mapping[str, Any], ckpt_path: str) -> None:
-    uncalibrated = [name for name in CALIBRATION_BUFFERS if bool(torch.isnan(state[name]).any())]
+    uncalibrated = [name for name in CALIBRATION_BUFFERS if bool(torch.isnan(state[f"normalizer.{name}"]).any())]
     if uncalibrated:
         raise ValueError(
             f"{ckpt_path} is not calibrated ({', '.join(uncalibrated)} are NaN): use the final model saved after "
-            "calibration (the bundle's ckpt_path), or run MultiAD.calibrate on normal images and save again"
+            "calibration (the bundle's ckpt_path), or run multiad_monai.calibration.calibrate on normal images and "
+            "save again"
         )
 
 
@@ -151,7 +152,7 @@ def _summary(keys: Sequence[str], n: int = 4) -> str:
 
 def _fixed_shape(key: str, tensor: torch.Tensor) -> tuple[int, ...]:
     """The shape a network fixes: the prior's bank holds as many images as calibration kept."""
-    return tuple(tensor.shape[1:] if ".prior_bank" in key else tensor.shape)
+    return tuple(tensor.shape[1:] if key.startswith("prior.bank") else tensor.shape)
 
 
 def _check_fits(state: Mapping[str, Any], network: MultiAD, ckpt_path: str, require_calibrated: bool) -> None:

@@ -37,7 +37,8 @@ from torch import nn
 from multiad_monai import __version__
 from multiad_monai.checkpoint import CALIBRATION_BUFFERS, load_model
 from multiad_monai.networks.inputs import check_images
-from multiad_monai.networks.multiad import MultiAD, normalize_to_threshold
+from multiad_monai.networks.multiad import MultiAD
+from multiad_monai.networks.normalizer import normalize_to_threshold
 from multiad_monai.utils import atomic_write, check_writable
 
 __all__ = ["ExportableMultiAD", "InputChecked", "export_torchscript", "export_metadata", "METADATA_FILE"]
@@ -54,7 +55,7 @@ class ExportableMultiAD(nn.Module):
     attributes), so :func:`export_torchscript` traces.
 
     Args:
-        network: a calibrated :class:`MultiAD` (see :meth:`MultiAD.calibrate`).
+        network: a calibrated :class:`MultiAD` (see :func:`multiad_monai.calibration.calibrate`).
 
     Raises:
         ValueError: when ``network`` is not calibrated.
@@ -64,15 +65,11 @@ class ExportableMultiAD(nn.Module):
         super().__init__()
         if not network.is_calibrated:
             raise ValueError(
-                "the network is not calibrated: run MultiAD.calibrate (or CalibrationHandler) on normal images "
-                "after training, or load the final checkpoint written after calibration"
+                "the network is not calibrated: run multiad_monai.calibration.calibrate (or CalibrationHandler) on "
+                "normal images after training, or load the final checkpoint written after calibration"
             )
-        self.teacher = copy.deepcopy(network.teacher)
-        self.student = copy.deepcopy(network.student)
-        self.anomaly_map = copy.deepcopy(network.anomaly_map)
-        self.register_buffer("score_mean", network.score_mean.detach().clone())
-        self.register_buffer("score_std", network.score_std.detach().clone())
-        self.threshold_sigmas = float(network.threshold_sigmas)
+        self.network = copy.deepcopy(network)
+        del self.network.discriminator  # training only
         self.requires_grad_(False)
         self.eval()
 
@@ -85,8 +82,11 @@ class ExportableMultiAD(nn.Module):
             raw anomaly map ``(N, 1, H, W)``, raw image score ``(N,)`` and the score normalised to ``[0, 1]``
             ``(N,)`` (normal mean -> 0, default threshold -> 0.5), as :meth:`MultiAD.normalize_score`.
         """
-        anomaly_map, score = self.anomaly_map(self.teacher(images), self.student(images), images.shape[-2:])
-        normalized = normalize_to_threshold(score, self.score_mean, self.score_std, self.threshold_sigmas)
+        network = self.network
+        teacher, student = network.teacher(images), network.student(images)
+        anomaly_map, score = network.score_features(teacher, student, images.shape[-2:])
+        stats = network.normalizer  # without its calibration check, which would be traced as a constant
+        normalized = normalize_to_threshold(score, stats.score_mean, stats.score_std, stats.threshold_sigmas)
         return anomaly_map, score, normalized
 
 
@@ -129,7 +129,7 @@ def export_metadata(network: MultiAD) -> dict:
         "image_threshold": float(network.image_threshold),
         "pixel_threshold": float(network.pixel_threshold),
         "normalized_threshold": 0.5,
-        **{name: float(getattr(network, name)) for name in CALIBRATION_BUFFERS},
+        **{name: float(getattr(network.normalizer, name)) for name in CALIBRATION_BUFFERS},
     }
 
 

@@ -259,7 +259,7 @@ class AnomalyInferer:
         worst = int(np.argmax(scores))
         worst_overlay = overlay(
             slices[worst]["image"][0].numpy(),
-            self.network.normalize_map(maps[worst].to(self.network.score_mean)).cpu().numpy(),
+            self.network.normalize_map(maps[worst].float()).cpu().numpy(),
         )
         restored = self._restore(self.volume_chain, volume["image"], oriented)[0].numpy()
         if isinstance(path, str) and path.lower().endswith((".nii", ".nii.gz")):
@@ -291,7 +291,7 @@ class AnomalyInferer:
         return {**self._write_images(list(inputs), names, out), **self._write_volumes(list(inputs), names, out)}
 
     def _row(self, item: Input, score: float, top_slices: str = "", name: str = "") -> dict:
-        normalized = float(self.network.normalize_score(torch.tensor(score, device=self.network.score_mean.device)))
+        normalized = float(self.network.normalize_score(torch.tensor(score)))
         series = isinstance(item, DicomSeries)
         return {
             "image": input_source(item),
@@ -313,7 +313,7 @@ class AnomalyInferer:
             shown = torch.from_numpy(anomaly_map)[None, None]
             if tuple(shown.shape[-2:]) != image.shape[1:]:  # a reduced large file: the overlay at that size
                 shown = F.interpolate(shown, size=image.shape[1:], mode="area")
-            normalized = self.network.normalize_map(shown[0, 0].to(self.network.score_mean)).cpu().numpy()
+            normalized = self.network.normalize_map(shown[0, 0].float()).cpu().numpy()
             Image.fromarray(overlay(image, normalized)).save(os.path.join(out, f"{stem}_overlay.png"))
             rows[path] = self._row(path, score)
         return rows
@@ -342,7 +342,7 @@ class AnomalyInferer:
 
     def _write_dicom(self, series: DicomSeries, prediction: VolumePrediction, prefix: str) -> None:
         """The label at the calibrated threshold as ``<prefix>_seg.dcm``, the heat map as ``<prefix>_heatmap.dcm``."""
-        raw = torch.from_numpy(prediction.anomaly_map.astype(np.float32)).to(self.network.score_mean)
+        raw = torch.from_numpy(prediction.anomaly_map.astype(np.float32))
         normalized = self.network.normalize_map(raw).cpu().numpy()
         write_segmentation(series, normalized > 0.5, f"{prefix}_seg.dcm", 0.5, self.checkpoint_sha256)
         write_heatmap(series, normalized, f"{prefix}_heatmap.dcm", self.checkpoint_sha256)

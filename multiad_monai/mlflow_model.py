@@ -151,7 +151,7 @@ class MultiADPyfunc(mlflow.pyfunc.PythonModel):
             results[item] = (float(prediction.slice_scores.max()), prediction.anomaly_map)
         network = inferer.network
         scores = np.array([results[p][0] for p in inputs], dtype=np.float64)
-        normalized = network.normalize_score(torch.as_tensor(scores, device=network.score_mean.device)).cpu().numpy()
+        normalized = network.normalize_score(torch.as_tensor(scores)).cpu().numpy()
         output = pd.DataFrame(
             {
                 "image": [input_source(p) for p in inputs],

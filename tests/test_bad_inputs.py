@@ -25,7 +25,7 @@ from tests.conftest import write_mvtec, write_volumes
 def inferer() -> AnomalyInferer:
     torch.manual_seed(0)
     network = MultiAD(image_size=32, intensity="dtype")
-    network.calibrate(torch.rand(4) + 1, torch.rand(4, 1, 32, 32))
+    network.normalizer.fit_thresholds(torch.rand(4) + 1, torch.rand(4, 1, 32, 32))
     return AnomalyInferer(network, batch_size=2)
 
 

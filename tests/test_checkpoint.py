@@ -18,7 +18,7 @@ RECIPE = Recipe(image_size=(32, 48), intensity="hu", hu_window=(-100, 200), resi
 def _calibrated(recipe: Recipe) -> MultiAD:
     torch.manual_seed(0)
     network = MultiAD(recipe)
-    network.calibrate(torch.rand(4) + 1, torch.rand(4, 1, *recipe.image_size))
+    network.normalizer.fit_thresholds(torch.rand(4) + 1, torch.rand(4, 1, *recipe.image_size))
     return network
 
 
@@ -93,7 +93,7 @@ def test_upgrade_takes_the_recipe_from_the_bundle_config(old_checkpoint, tmp_pat
     network = load_model(new)
     assert network.recipe.image_size == (32, 32) and network.recipe.intensity == "dtype"
     old = torch.load(old_checkpoint, weights_only=True)
-    assert torch.equal(network.state_dict()["score_mean"], old["score_mean"])
+    assert torch.equal(network.state_dict()["normalizer.score_mean"], old["normalizer.score_mean"])
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04truncated"])

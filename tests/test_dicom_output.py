@@ -45,10 +45,10 @@ def inferer(tmp_path_factory, study) -> AnomalyInferer:
     """A tiny calibrated model whose pixel threshold lies inside the study's maps, so the label is partial."""
     torch.manual_seed(0)
     network = MultiAD(image_size=32)
-    network.calibrate(torch.rand(8) + 1.0, torch.rand(8, 1, 32, 32))
+    network.normalizer.fit_thresholds(torch.rand(8) + 1.0, torch.rand(8, 1, 32, 32))
     raw = torch.from_numpy(AnomalyInferer(network).predict_volume(os.path.join(study, "ct")).anomaly_map)
     level = torch.quantile(raw.flatten(), 0.97)
-    network.calibrate(torch.rand(8) + 1.0, level + 1e-4 * torch.randn(8, 1, 32, 32))
+    network.normalizer.fit_thresholds(torch.rand(8) + 1.0, level + 1e-4 * torch.randn(8, 1, 32, 32))
     ckpt = str(tmp_path_factory.mktemp("ckpt") / "model.pt")
     torch.save(network.state_dict(), ckpt)
     return AnomalyInferer(network, batch_size=4, checkpoint=ckpt)

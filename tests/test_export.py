@@ -59,7 +59,7 @@ CONSUMER = textwrap.dedent(
 
 
 def _calibrated(network: MultiAD) -> MultiAD:
-    network.calibrate(torch.rand(4) + 1, torch.rand(4, 1, IMAGE_SIZE, IMAGE_SIZE))
+    network.normalizer.fit_thresholds(torch.rand(4) + 1, torch.rand(4, 1, IMAGE_SIZE, IMAGE_SIZE))
     return network
 
 
@@ -134,7 +134,7 @@ def test_metadata_is_readable_without_multiad_monai(exported, consumer_run):
     assert metadata["recipe"] == network.recipe.to_dict() and metadata["recipe"]["image_size"] == [IMAGE_SIZE] * 2
     assert metadata["layers"] == ["s1", "s2", "s4"] and metadata["normalized_threshold"] == 0.5
     for key in ("image_threshold", "score_mean", "score_std", "pixel_mean", "pixel_std"):
-        expected = network.image_threshold if key == "image_threshold" else getattr(network, key)
+        expected = network.image_threshold if key == "image_threshold" else getattr(network.normalizer, key)
         assert metadata[key] == pytest.approx(float(expected))
 
 
@@ -217,7 +217,7 @@ def test_epoch_checkpoint_with_several_objects_is_accepted(checkpoint, tmp_path)
     path = str(tmp_path / "checkpoint_epoch=1.pt")
     torch.save({"network": state, "optimizer": {"state": {}, "param_groups": []}}, path)
     network = load_model(path)
-    assert network.is_calibrated and torch.equal(network.score_mean, state["score_mean"])
+    assert network.is_calibrated and torch.equal(network.normalizer.score_mean, state["normalizer.score_mean"])
 
 
 def test_cli_reports_bad_checkpoints_without_writing(tmp_path, capsys):

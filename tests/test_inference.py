@@ -17,7 +17,7 @@ from multiad_monai.networks import MultiAD
 def inferer():
     torch.manual_seed(0)
     network = MultiAD(image_size=32)
-    network.calibrate(torch.rand(8) + 1.0, torch.rand(8, 1, 32, 32))
+    network.normalizer.fit_thresholds(torch.rand(8) + 1.0, torch.rand(8, 1, 32, 32))
     return AnomalyInferer(network, batch_size=3)
 
 

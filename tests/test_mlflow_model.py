@@ -59,7 +59,7 @@ def pyfunc_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("pyfunc")
     torch.manual_seed(0)
     network = MultiAD(image_size=32)
-    network.calibrate(torch.rand(4) + 1, torch.rand(4, 1, 32, 32))
+    network.normalizer.fit_thresholds(torch.rand(4) + 1, torch.rand(4, 1, 32, 32))
     torch.save(network.state_dict(), root / "model.pt")
     mlflow.pyfunc.save_model(
         str(root / "model"), python_model=MultiADPyfunc(), artifacts={"checkpoint": str(root / "model.pt")},

@@ -26,7 +26,7 @@ from tests.nifti import store_as
 def _calibrated(recipe: Recipe) -> MultiAD:
     torch.manual_seed(0)
     network = MultiAD(recipe)
-    network.calibrate(torch.rand(4) + 1, torch.rand(4, 1, *recipe.image_size))
+    network.normalizer.fit_thresholds(torch.rand(4) + 1, torch.rand(4, 1, *recipe.image_size))
     return network.eval()
 
 

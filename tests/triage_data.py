@@ -35,7 +35,7 @@ def tiny_checkpoints(folder: str, archive: str) -> tuple[str, str]:
     """
     torch.manual_seed(0)
     network = MultiAD(image_size=32)
-    network.calibrate(torch.rand(4) + 1.0, torch.rand(4, 1, 32, 32))
+    network.normalizer.fit_thresholds(torch.rand(4) + 1.0, torch.rand(4, 1, 32, 32))
     scores = torch.tensor(_scores(AnomalyInferer(network), archive), dtype=torch.float32)
     maps = torch.rand(4, 1, 32, 32) * scores.median()
     paths = []
@@ -44,7 +44,7 @@ def tiny_checkpoints(folder: str, archive: str) -> tuple[str, str]:
     calibrations = {"model.pt": (ordered[0], middle), "other.pt": (torch.tensor(0.0), 2 * ordered[-1])}
     for name, (low, threshold) in calibrations.items():
         half_spread = (threshold - low) / network.threshold_sigmas / 2**0.5  # two values: mean low, std as wanted
-        network.calibrate(torch.stack([low - half_spread, low + half_spread]), maps)
+        network.normalizer.fit_thresholds(torch.stack([low - half_spread, low + half_spread]), maps)
         paths.append(os.path.join(folder, name))
         torch.save(network.state_dict(), paths[-1])
     return paths[0], paths[1]

@@ -15,13 +15,9 @@ from ignite.engine import Engine, Events
 from monai.utils import CommonKeys as Keys
 
 from multiad_monai.handlers.checkpoints import last_checkpoint
-from multiad_monai.utils.finite import listing, nonfinite_tensors
+from multiad_monai.utils.finite import DivergenceError, listing, nonfinite_tensors
 
 __all__ = ["DivergenceError", "DivergenceGuard", "nonfinite_tensors"]
-
-
-class DivergenceError(RuntimeError):
-    """Training produced non-finite values; the message names the epoch, the tensors and the likely cause."""
 
 
 class DivergenceGuard:

@@ -218,8 +218,7 @@ class EvaluationReport:
     def _normalized_scores(self, scores: np.ndarray) -> np.ndarray | None:
         if not self.network.is_calibrated:
             return None
-        device = self.network.score_mean.device
-        return self.network.normalize_score(torch.as_tensor(scores, device=device)).cpu().numpy()
+        return self.network.normalize_score(torch.as_tensor(scores)).cpu().numpy()
 
     def _write_csv(self, scores: np.ndarray, labels: np.ndarray) -> str:
         path = os.path.join(self.output_dir, CSV_NAME)
@@ -316,8 +315,7 @@ class EvaluationReport:
     def _display_maps(self, maps: list[torch.Tensor]) -> list[np.ndarray]:
         """``(h, w)`` raw maps in ``[0, 1]``: the model's calibration (0.5 = threshold), else a joint min-max."""
         if self.network.is_calibrated:
-            device = self.network.score_mean.device
-            return [self.network.normalize_map(m.to(device)).cpu().numpy() for m in maps]
+            return [self.network.normalize_map(m).cpu().numpy() for m in maps]
         low = min(float(m.min()) for m in maps)
         high = max(float(m.max()) for m in maps)
         return [((m - low) / max(high - low, 1e-8)).numpy() for m in maps]

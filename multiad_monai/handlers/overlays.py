@@ -64,7 +64,7 @@ class OverlaySaver:
             return
         maps = torch.stack([sample[1] for _, sample in kept])
         if self.network.is_calibrated:
-            maps = self.network.normalize_map(maps.to(self.network.score_mean.device)).cpu()
+            maps = self.network.normalize_map(maps).cpu()
         else:
             maps = (maps - maps.min()) / (maps.max() - maps.min()).clamp_min(1e-8)
         mlflow = mlflow_run_and_client(self.mlflow_handler)

@@ -198,11 +198,11 @@ class AnomalyInferTask(InferTask):
 
     def _scores(self, inferer: AnomalyInferer, scores: np.ndarray) -> np.ndarray:
         network = inferer.network
-        return network.normalize_score(torch.as_tensor(scores, device=network.score_mean.device)).cpu().numpy()
+        return network.normalize_score(torch.as_tensor(scores)).cpu().numpy()
 
     def _output(self, inferer: AnomalyInferer, raw_map: np.ndarray, options: dict) -> tuple[np.ndarray, int]:
-        network = inferer.network  # its calibration buffers live on the inference device
-        raw = torch.from_numpy(raw_map.astype(np.float32)).to(network.pixel_mean.device)
+        network = inferer.network
+        raw = torch.from_numpy(raw_map.astype(np.float32))
         normalized = network.normalize_map(raw).cpu().numpy()
         label = (normalized > options["threshold"]).astype(np.uint8)
         array = label if options["result"] == "label" else normalized.astype(np.float32)

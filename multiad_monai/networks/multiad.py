@@ -11,14 +11,35 @@ from torch import nn
 from multiad_monai.networks.anomaly_map import AnomalyMapGenerator
 from multiad_monai.networks.discriminator import FeatureDiscriminator
 from multiad_monai.networks.encoders import build_student, build_teacher, feature_channels
+from multiad_monai.networks.normalizer import ScoreNormalizer
+from multiad_monai.networks.prior import TeacherPrior
 from multiad_monai.recipe import RECIPE_VERSION, Recipe
 
-__all__ = ["MultiAD", "AnomalyOutput", "DistillationFeatures", "normalize_to_threshold"]
+__all__ = ["MultiAD", "AnomalyOutput", "DistillationFeatures", "legacy_keys"]
+
+# state-dict keys of checkpoints written before the head was split into map, prior and normaliser
+_LEGACY_PREFIXES = (
+    ("anomaly_map.prior_mean", "prior.mean"),
+    ("anomaly_map.prior_bank", "prior.bank"),
+    ("anomaly_map.prior_nearest", "prior.nearest"),
+    ("anomaly_map.scale_std", "normalizer.scale_std"),
+    ("anomaly_map.fusion_stats", "normalizer.fusion_stats"),
+    ("score_", "normalizer.score_"),
+    ("pixel_", "normalizer.pixel_"),
+)
 
 
-def normalize_to_threshold(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, sigmas: float) -> torch.Tensor:
-    """Map raw scores or maps to ``[0, 1]``: the normal mean -> 0, the threshold ``mean + sigmas * std`` -> 0.5."""
-    return ((x - mean) / (2 * sigmas * std)).clamp(0.0, 1.0)
+def legacy_keys(state: dict) -> dict:
+    """``state`` with the keys of checkpoints written before the head split renamed to today's (a new dict; a
+    current state dict comes back equal)."""
+    renamed = {}
+    for key, value in state.items():
+        for old, new in _LEGACY_PREFIXES:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        renamed[key] = value
+    return renamed
 
 
 class DistillationFeatures(NamedTuple):
@@ -36,12 +57,16 @@ class AnomalyOutput(NamedTuple):
 
 
 class MultiAD(nn.Module):
-    """Frozen ImageNet teacher, SE student of the same topology, feature discriminator, anomaly-map head.
+    """Frozen ImageNet teacher, SE student of the same topology, feature discriminator and the anomaly-map head.
+
+    The head has three parts: the paper's map (:class:`~multiad_monai.networks.AnomalyMapGenerator`), the
+    teacher prior (:class:`~multiad_monai.networks.TeacherPrior`, ``None`` when ``Recipe.prior_weight`` is 0)
+    and the post-processor holding every normal-image statistic
+    (:class:`~multiad_monai.networks.ScoreNormalizer`, filled by :func:`multiad_monai.calibration.calibrate`).
 
     The model carries its :class:`~multiad_monai.recipe.Recipe` (preprocessing, topology and head settings)
-    as extra state of its state dict, and its normal-score statistics as buffers (filled by :meth:`calibrate`),
-    so a saved state dict alone rebuilds the model, its preprocessing and normalised scores in ``[0, 1]``
-    where 0.5 is the default threshold (see ``multiad_monai.checkpoint.load_model``).
+    as extra state of its state dict, so a saved state dict alone rebuilds the model, its preprocessing and
+    normalised scores in ``[0, 1]`` where 0.5 is the default threshold (see ``multiad_monai.checkpoint.load_model``).
 
     Args:
         recipe: the settings; built from ``recipe_fields`` when None (e.g. ``MultiAD(teacher="seresnet50")``).
@@ -62,30 +87,25 @@ class MultiAD(nn.Module):
         super().__init__()
         if recipe is not None and recipe_fields:
             raise ValueError(f"give either a recipe or recipe fields, not both (got {sorted(recipe_fields)})")
-        self.recipe = recipe if recipe is not None else Recipe(**recipe_fields)
-        teacher, layers = self.recipe.teacher, self.recipe.layers
-        self.teacher = build_teacher(teacher, layers, teacher_weights, allow_download, pretrained=pretrained_teacher)
-        self.student = build_student(teacher, layers, se=self.recipe.student_se)
+        self.recipe = r = recipe if recipe is not None else Recipe(**recipe_fields)
+        pretrained = pretrained_teacher
+        self.teacher = build_teacher(r.teacher, r.layers, teacher_weights, allow_download, pretrained=pretrained)
+        self.student = build_student(r.teacher, r.layers, se=r.student_se)
+        channels = feature_channels(r.teacher, r.layers)
         self.discriminator = FeatureDiscriminator(
-            feature_channels(teacher, layers)[-1],
-            self.recipe.discriminator_channels,
-            spectral_norm=self.recipe.discriminator_spectral_norm,
+            channels[-1], r.discriminator_channels, spectral_norm=r.discriminator_spectral_norm
         )
-        r = self.recipe
-        prior_shapes = self._feature_shapes() if r.prior_weight > 0 else None
+        if r.fusion not in ("sum", "standardized", "product"):
+            raise ValueError(f"fusion must be 'sum', 'standardized' or 'product', got {r.fusion!r}")
+        # "standardized" is the paper's mean over scales, each student scale first over its normal std
         self.anomaly_map = AnomalyMapGenerator(
-            r.fusion,
-            r.sigma,
-            r.score,
-            r.topk_ratio,
-            prior_shapes,
-            r.prior_weight,
-            r.adaptive_prior,
-            num_scales=len(feature_channels(teacher, layers)),
-            prior_reference=r.prior_reference,
+            "product" if r.fusion == "product" else "sum", r.sigma, r.score, r.topk_ratio
         )
-        for name in ("score_mean", "score_std", "pixel_mean", "pixel_std"):
-            self.register_buffer(name, torch.tensor(float("nan")))
+        self.prior = TeacherPrior(self._feature_shapes(), r.prior_reference) if r.prior_weight > 0 else None
+        self.normalizer = ScoreNormalizer(
+            len(channels), r.fusion == "standardized", r.prior_weight, r.adaptive_prior, r.threshold_sigmas
+        )
+        self._register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     @torch.no_grad()
     def _feature_shapes(self) -> list[tuple[int, ...]]:
@@ -95,10 +115,6 @@ class MultiAD(nn.Module):
     @property
     def teacher_name(self) -> str:
         return self.recipe.teacher
-
-    @property
-    def threshold_sigmas(self) -> float:
-        return self.recipe.threshold_sigmas
 
     def get_extra_state(self) -> dict:
         """The recipe, saved in the state dict as plain types (``weights_only`` loadable)."""
@@ -137,56 +153,54 @@ class MultiAD(nn.Module):
         student_features = self.student(images)
         if self.training:
             return DistillationFeatures(teacher_features, student_features)
-        anomaly_map, score = self.anomaly_map(teacher_features, student_features, images.shape[-2:])
-        return AnomalyOutput(anomaly_map, score)
+        return self.score_features(teacher_features, student_features, images.shape[-2:])
 
+    def student_map(self, scale_maps: torch.Tensor) -> torch.Tensor:
+        """The student's fused map ``(N, 1, H, W)`` from its per-scale maps (each over its normal std first with
+        ``fusion="standardized"``), unsmoothed."""
+        return self.anomaly_map.fuse(self.normalizer.standardize(scale_maps))
+
+    def prior_map(self, teacher: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """The teacher prior's fused map ``(N, 1, H, W)``, unsmoothed."""
+        return self.anomaly_map.fuse(self.prior(teacher, size))
+
+    def score_features(
+        self, teacher: list[torch.Tensor], student: list[torch.Tensor], size: tuple[int, int]
+    ) -> AnomalyOutput:
+        """The anomaly map ``(N, 1, H, W)`` and image score ``(N,)`` of teacher and student features."""
+        student_map = self.student_map(self.anomaly_map.scale_maps(teacher, student, size))
+        prior_map = self.prior_map(teacher, size) if self.prior is not None else None
+        return self.smooth_and_score(student_map, prior_map)
+
+    def smooth_and_score(self, student_map: torch.Tensor, prior_map: torch.Tensor | None) -> AnomalyOutput:
+        """Combine the student and prior maps, smooth, score."""
+        return AnomalyOutput(*self.anomaly_map.smooth_and_score(self.normalizer.combine(student_map, prior_map)))
+
+    # the calibrated scores, as the rest of the package reads them
     @property
     def is_calibrated(self) -> bool:
-        return bool(torch.isfinite(self.score_std))
-
-    @torch.no_grad()
-    def calibrate(self, scores: torch.Tensor, maps: torch.Tensor) -> None:
-        """Store normal-image statistics.
-
-        Args:
-            scores: image scores of normal images not used for training ``(N,)``.
-            maps: their anomaly maps ``(N, 1, H, W)``.
-        """
-        if scores.numel() < 2:
-            raise ValueError(f"calibration needs at least 2 normal images, got {scores.numel()}")
-        bad_scores, bad_pixels = int((~torch.isfinite(scores)).sum()), int((~torch.isfinite(maps)).sum())
-        if bad_scores or bad_pixels:
-            raise ValueError(
-                f"calibration statistics are not finite ({bad_scores} of {scores.numel()} image scores, {bad_pixels} "
-                f"of {maps.numel()} map pixels are NaN or Inf): the student diverged in training (lower the learning "
-                "rate) or the held-out images hold NaN or Inf"
-            )
-        if tuple(maps.shape[-2:]) != self.recipe.image_size:
-            raise ValueError(
-                f"calibration maps are {tuple(maps.shape[-2:])}, the recipe's image_size is {self.recipe.image_size}"
-            )
-        self.score_mean.copy_(scores.float().mean())
-        self.score_std.copy_(scores.float().std().clamp_min(1e-8))
-        self.pixel_mean.copy_(maps.float().mean())
-        self.pixel_std.copy_(maps.float().std().clamp_min(1e-8))
+        return self.normalizer.is_calibrated
 
     @property
     def image_threshold(self) -> torch.Tensor:
-        return self.score_mean + self.threshold_sigmas * self.score_std
+        return self.normalizer.image_threshold
 
     @property
     def pixel_threshold(self) -> torch.Tensor:
-        return self.pixel_mean + self.threshold_sigmas * self.pixel_std
+        return self.normalizer.pixel_threshold
 
     def normalize_score(self, score: torch.Tensor) -> torch.Tensor:
         """Map raw scores to ``[0, 1]``: normal mean -> 0, threshold -> 0.5."""
-        return self._normalize(score, self.score_mean, self.score_std)
+        return self.normalizer.normalize_score(score)
 
     def normalize_map(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         """Map raw anomaly maps to ``[0, 1]`` with the normal pixel statistics (threshold -> 0.5)."""
-        return self._normalize(anomaly_map, self.pixel_mean, self.pixel_std)
+        return self.normalizer.normalize_map(anomaly_map)
 
-    def _normalize(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        if not self.is_calibrated:
-            raise RuntimeError("the model is not calibrated: run calibration on normal images after training")
-        return normalize_to_threshold(x, mean, std, self.threshold_sigmas)
+
+def _rename_legacy_keys(state_dict: dict, prefix: str, *args) -> None:
+    # in place: load_state_dict reads the dict it handed to the hook
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        (new,) = legacy_keys({key[len(prefix) :]: None})
+        if prefix + new != key:
+            state_dict[prefix + new] = state_dict.pop(key)

@@ -7,7 +7,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["listing", "nonfinite_tensors"]
+__all__ = ["DivergenceError", "listing", "nonfinite_tensors"]
+
+
+class DivergenceError(RuntimeError):
+    """Training produced non-finite values; the message names the epoch, the tensors and the likely cause."""
 
 
 def nonfinite_tensors(state: Mapping[str, Any], prefixes: tuple[str, ...] = ()) -> list[str]:

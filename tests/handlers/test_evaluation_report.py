@@ -72,7 +72,7 @@ def read_rows(tmp_path) -> list[dict]:
 @pytest.fixture(scope="module")
 def networks() -> dict[str, MultiAD]:
     calibrated = MultiAD(image_size=SIZE)
-    calibrated.calibrate(torch.rand(4) + 1, torch.rand(4, 1, SIZE, SIZE))
+    calibrated.normalizer.fit_thresholds(torch.rand(4) + 1, torch.rand(4, 1, SIZE, SIZE))
     return {"calibrated": calibrated, "uncalibrated": MultiAD(image_size=SIZE)}
 
 

@@ -48,7 +48,7 @@ def test_calibration_handler_fills_buffers():
     engine = Engine(lambda e, b: None)
     CalibrationHandler(network, loader).attach(engine)
     engine.run([0], max_epochs=1)
-    assert network.is_calibrated and network.image_threshold > network.score_mean
+    assert network.is_calibrated and network.image_threshold > network.normalizer.score_mean
 
 
 def test_overlay_saver_writes_pngs(tmp_path):
