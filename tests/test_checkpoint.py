@@ -109,7 +109,7 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, content):
     [
         ("student.stages.s1.1._bn0.running_var", float("inf"), "non-finite values in 1 tensor (student.stages.s1.1"),
         ("student.stages.s2.3._bn0.weight", float("nan"), "diverged in training and cannot be used"),
-        ("pixel_std", float("inf"), "non-finite calibration values in 1 tensor (pixel_std)"),
+        ("normalizer.pixel_std", float("inf"), "non-finite calibration values in 1 tensor (normalizer.pixel_std)"),
     ],
 )
 def test_checkpoint_with_non_finite_tensors_is_refused(checkpoint, tmp_path, key, value, message):
