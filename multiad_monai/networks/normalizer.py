@@ -105,7 +105,8 @@ class ScoreNormalizer(nn.Module):
         """Standardisation of both maps, from their values on held-out normal images, and the prior's gain.
 
         Args:
-            student_maps, prior_maps: the fused student and prior maps on held-out normal images.
+            student_maps: the fused student map on held-out normal images.
+            prior_maps: the fused prior map on the same images.
             student_train_maps: the student map on training images, for the gain of ``adaptive_prior``.
 
         Returns:
