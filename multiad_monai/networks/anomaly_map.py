@@ -304,7 +304,8 @@ class AnomalyMapGenerator(nn.Module):
         """Standardisation of both components, from their maps on held-out normal images, and the prior's gain.
 
         Args:
-            student_maps, prior_maps: the components on held-out normal images.
+            student_maps: the student component on held-out normal images.
+            prior_maps: the prior component on the same images.
             student_train_maps: the student map on training images, for the gain of ``adaptive_prior``.
 
         Returns:
