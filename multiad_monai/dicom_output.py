@@ -83,7 +83,8 @@ def write_segmentation(
     """Write ``label`` (``(columns, rows, slices)``, non-zero = anomalous) as a DICOM SEG of ``series`` to ``path``.
 
     Args:
-        threshold, checkpoint_sha256: the rule and the weights of an automatic label (algorithm identification).
+        threshold: the rule of an automatic label (algorithm identification).
+        checkpoint_sha256: the weights of an automatic label (algorithm identification).
         reviewed: the label is a person's final one (segment algorithm type MANUAL, no algorithm identification).
     """
     hd = _highdicom()

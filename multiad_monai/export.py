@@ -96,7 +96,8 @@ class InputChecked(nn.Module):
 
     Args:
         model: the traced :class:`ExportableMultiAD`.
-        height, width: the recipe's ``image_size``.
+        height: the recipe's ``image_size`` (height).
+        width: its width.
     """
 
     def __init__(self, model: nn.Module, height: int, width: int) -> None:

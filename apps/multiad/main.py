@@ -2,7 +2,7 @@
 
     python -m monailabel.main start_server --app apps/multiad --studies STUDIES --conf models brain --host 127.0.0.1
 
-See the README's "MONAI Label" section; the app itself is ``multiad_monai.monailabel.MultiADApp``.
+See docs/monailabel.md; the app itself is ``multiad_monai.monailabel.MultiADApp``.
 """
 
 from multiad_monai.monailabel import MultiADApp

@@ -108,7 +108,8 @@ def load_datasets(
         calibration_fraction: share of the normal training samples (volumes, for 3D data) held out to
             calibrate scores after training.
         seed: seed of the calibration split.
-        slice_range, min_foreground: 3D only, which slices to keep (see ``VolumeToSlicesd``).
+        slice_range: 3D only, which slices to keep (see ``VolumeToSlicesd``).
+        min_foreground: 3D only, as there.
         category: a sub-folder of ``dataset_dir`` (an MVTec AD category).
         invert_masks: 2D masks mark defects with 0 on a non-zero background (e.g. PIPED).
     """

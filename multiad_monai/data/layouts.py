@@ -226,7 +226,8 @@ def index_dataset(root: str) -> tuple[str, dict[str, list[dict]]]:
         "label": 0/1, "mask": path?}`` (for volumes, labels come from the segmentation later).
 
     Raises:
-        FileNotFoundError / ValueError naming the folder or file when the layout is broken or a split is empty.
+        FileNotFoundError: naming the folder or file when the layout is broken.
+        ValueError: naming the folder when a split is empty.
     """
     layout = detect_layout(root)
     splits = {"volumes": _index_volumes, "bmad": _index_bmad, "mvtec": _index_mvtec}[layout](root)

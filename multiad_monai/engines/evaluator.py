@@ -25,7 +25,8 @@ class MultiADEvaluator(Evaluator):
         device: where to run.
         val_data_loader: batches of dicts with ``image`` and ``label`` (and optionally ``mask``).
         network: the :class:`MultiAD` model.
-        other args: see ``monai.engines.SupervisedEvaluator``.
+
+    The other arguments are those of ``monai.engines.SupervisedEvaluator``.
     """
 
     def __init__(

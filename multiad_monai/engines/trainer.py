@@ -47,7 +47,8 @@ class MultiADTrainer(Trainer):
             features of teacher and student (squared error, Salimans et al. 2016) instead of fooling its logit.
         distillation_loss: defaults to :class:`DistillationLoss`.
         amp: autocast + gradient scaling (bf16 autocast on CPU).
-        other args: see ``monai.engines.SupervisedTrainer``.
+
+    The other arguments are those of ``monai.engines.SupervisedTrainer``.
     """
 
     def __init__(

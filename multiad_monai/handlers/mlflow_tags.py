@@ -204,7 +204,10 @@ class RunTracker:
         mlflow_handler: the evaluator's ``MLFlowHandler`` (``@validate_mlflow``); None disables the tracker
             (e.g. on the non-zero ranks of a multi-GPU run).
         bundle: bundle folder or name, see :func:`run_tags`.
-        dataset_dir, category, device, domain: see :func:`run_tags`.
+        dataset_dir: see :func:`run_tags`.
+        category: see :func:`run_tags`.
+        device: see :func:`run_tags`.
+        domain: see :func:`run_tags`.
         tags: extra tags, e.g. ``{"config": "no_adversarial"}``.
         run_state: the training's :class:`~multiad_monai.handlers.TrainingRunState`, whose clock counts every
             resume, for ``train_seconds`` (default: this process's training time).

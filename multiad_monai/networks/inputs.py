@@ -14,7 +14,8 @@ def check_images(images: torch.Tensor, height: int, width: int, tolerance: float
 
     Args:
         images: the model's input.
-        height, width: the recipe's ``image_size``, at which the model was trained and calibrated.
+        height: the recipe's ``image_size`` (height), at which the model was trained and calibrated.
+        width: its width.
         tolerance: how far outside ``[0, 1]`` values may lie.
     """
     expected = f"expected float images of shape (N, 3, {height}, {width}) with values in [0, 1]"

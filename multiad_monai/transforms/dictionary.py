@@ -107,7 +107,8 @@ class VolumeToSlicesd(MapTransform):
 
     Args:
         keys: image key first, then optionally the mask key.
-        axis, slice_range: see :class:`VolumeToSlices`.
+        axis: see :class:`VolumeToSlices`.
+        slice_range: see :class:`VolumeToSlices`.
         min_foreground: minimum fraction of foreground pixels to keep a slice (0 keeps all).
         foreground_threshold: intensity above which a pixel counts as foreground.
         select_key: when given (e.g. an organ mask among ``keys``), foreground is measured on it instead of the

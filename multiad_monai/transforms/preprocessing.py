@@ -151,7 +151,8 @@ def slicing_transform(
 
     Args:
         recipe: the model's recipe (``slice_axis``; organ selection when ``organ_labels`` is set).
-        slice_range, min_foreground: which slices to keep, see :class:`multiad_monai.transforms.VolumeToSlicesd`.
+        slice_range: which slices to keep, see :class:`multiad_monai.transforms.VolumeToSlicesd`.
+        min_foreground: as there.
         labels: as in :func:`volume_transform`.
     """
     organ = bool(recipe.organ_labels and labels)
