@@ -24,7 +24,7 @@ def prior_gain(gap: float, noise: float = 0.02, full: float = 0.12, cap: float =
     that learned the normal appearance has a gap of about 1 and keeps the gain 1: a gap of up to ``noise`` above 1
     is measurement noise. One that memorised a small training set has a larger gap: its map is partly noise on new
     images, and the student-free prior is weighted up, linearly to ``cap`` at a gap of ``1 + full``. The measured
-    gaps and gains are in docs/results.md ("adaptive prior").
+    gaps are in docs/model.md ("adaptive prior"), the gains' effect in docs/results.md.
     """
     return float(1.0 + (cap - 1.0) * min(1.0, max(0.0, (gap - (1.0 + noise)) / (full - noise))))
 
