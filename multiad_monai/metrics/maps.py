@@ -11,7 +11,7 @@ from ignite.engine import Engine, Events
 from ignite.exceptions import NotComputableError
 from monai.utils import evenly_divisible_all_gather
 
-from multiad_monai.metrics.functional import pro_curve
+from multiad_monai.metrics import functional
 from multiad_monai.utils import MultiADKeys
 
 __all__ = ["EvaluationMaps", "pixel_output"]
@@ -95,5 +95,5 @@ class EvaluationMaps:
         size = tuple(size)
         if size not in self._curves:
             maps, masks = self.gathered()
-            self._curves[size] = pro_curve(maps.numpy().reshape(-1, *size), masks.numpy().reshape(-1, *size))
+            self._curves[size] = functional.pro_curve(maps.numpy().reshape(-1, *size), masks.numpy().reshape(-1, *size))
         return self._curves[size]
