@@ -1,12 +1,19 @@
-"""Heat-map overlays a person can read: the image, the anomaly map in colour, the ground truth outlined."""
+"""Pictures a person can read: heat-map overlays, and the figure helpers the evaluation report and
+``multiad_monai.compare`` share. matplotlib is imported here only, when a picture is made."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
-from matplotlib import colormaps
 from scipy import ndimage
 
-__all__ = ["overlay"]
+from multiad_monai.utils.atomic import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["overlay", "new_figure", "save_png"]
 
 
 def overlay(
@@ -23,6 +30,8 @@ def overlay(
     Returns:
         ``(H, W, 3)`` uint8 RGB.
     """
+    from matplotlib import colormaps
+
     image = np.asarray(image, dtype=np.float32)
     rgb = np.repeat(image[..., None], 3, -1) if image.ndim == 2 else np.moveaxis(image, 0, -1)
     heat = colormaps["jet"](np.clip(np.asarray(anomaly_map, dtype=np.float32), 0, 1))[..., :3]
@@ -32,3 +41,19 @@ def overlay(
         edge = mask & ~ndimage.binary_erosion(mask)
         blended[edge] = (0.0, 1.0, 0.0)
     return (blended * 255).round().astype(np.uint8)
+
+
+def new_figure(**kwargs: Any) -> Figure:
+    """A matplotlib ``Figure`` drawn off-screen (no pyplot, no display, safe in threads and workers)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(**kwargs)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_png(figure: Figure, path: str) -> str:
+    """Write ``figure`` to ``path`` as a PNG (100 dpi, tight), atomically; returns ``path``."""
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    return path

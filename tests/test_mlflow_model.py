@@ -1,4 +1,4 @@
-"""The pyfunc model's input handling (the model itself is tested on a real run in tests/test_compare.py)."""
+"""The pyfunc model's input handling (the model itself is tested on a real run in tests/compare/test_report.py)."""
 
 from __future__ import annotations
 

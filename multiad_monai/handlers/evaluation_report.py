@@ -14,17 +14,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from monai.data import MetaTensor
 from monai.handlers import MLFlowHandler
 from sklearn.metrics import roc_curve
 
-from multiad_monai.metrics.functional import image_auroc, pixel_aupro, pro_curve
+from multiad_monai.metrics.functional import aupro_of_curve, image_auroc, pro_curve_until
+from multiad_monai.metrics.maps import EvaluationMaps
 from multiad_monai.networks.multiad import MultiAD
 from multiad_monai.upstream import mlflow_run_and_client
 from multiad_monai.utils import MultiADKeys, atomic_write
-from multiad_monai.visualize import overlay
+from multiad_monai.visualize import new_figure, overlay, save_png
 
 __all__ = ["EvaluationReport"]
 
@@ -77,9 +76,9 @@ class EvaluationReport:
       top row) and the ``num_worst`` lowest-scoring anomalous images (false negatives, bottom row).
 
     Memory: scores are small numpy arrays and only the running worst-case candidates keep an image
-    (downsampled, on CPU). The PRO curve needs every map and mask of the split: batches that carry a mask
-    keep their raw maps as float16 and masks as bool ``(N, H, W)`` on CPU, which is what the pixel metrics
-    already hold. Under DistributedDataParallel each rank only sees its own shard: run the report in a
+    (downsampled, on CPU). The PRO curve needs every map and mask of the split: they are the
+    :class:`~multiad_monai.metrics.EvaluationMaps` the pixel metrics hold (pass the same ``maps`` to them and
+    to the report: one copy of the maps, one PRO curve). Under DistributedDataParallel run the report in a
     single-process evaluation.
 
     Args:
@@ -88,6 +87,7 @@ class EvaluationReport:
         num_worst: false positives and false negatives shown each.
         mlflow_handler: when given and its run is active, the files are logged to that run as artifacts.
         fpr_limit: upper FPR of the PRO curve and of its AUPRO.
+        maps: the evaluation's maps, shared with the pixel metrics; None: the report collects its own.
     """
 
     def __init__(
@@ -97,6 +97,7 @@ class EvaluationReport:
         num_worst: int = 4,
         mlflow_handler: MLFlowHandler | None = None,
         fpr_limit: float = 0.3,
+        maps: EvaluationMaps | None = None,
     ) -> None:
         if num_worst < 0:
             raise ValueError(f"num_worst must be >= 0, got {num_worst}")
@@ -107,10 +108,12 @@ class EvaluationReport:
         self.num_worst = num_worst
         self.mlflow_handler = mlflow_handler
         self.fpr_limit = fpr_limit
+        self.maps = EvaluationMaps() if maps is None else maps
         self.logger = logging.getLogger(__name__)
         self.reset()
 
     def attach(self, engine: Engine) -> None:
+        self.maps.attach(engine)
         engine.add_event_handler(Events.STARTED, self.reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
         engine.add_event_handler(Events.COMPLETED, self)
@@ -121,8 +124,6 @@ class EvaluationReport:
         self.slice_indices: list[Any] = []
         self.labels: list[np.ndarray] = []
         self.scores: list[np.ndarray] = []
-        self.maps: list[np.ndarray] = []
-        self.masks: list[np.ndarray] = []
         # min-heaps of (key, tie-breaker, candidate): key = score for normals, -score for anomalous images
         self._false_positives: list[tuple[float, int, _Candidate]] = []
         self._false_negatives: list[tuple[float, int, _Candidate]] = []
@@ -149,9 +150,6 @@ class EvaluationReport:
 
         anomaly_maps = output[MultiADKeys.ANOMALY_MAP].detach()
         masks = output.get(MultiADKeys.MASK)
-        if masks is not None:
-            self.maps.append(anomaly_maps[:, 0].to(torch.float16).cpu().numpy())
-            self.masks.append(masks.detach()[:, 0].bool().cpu().numpy())
         for i, (name, slice_index, score, label) in enumerate(zip(names, slices, scores.tolist(), labels.tolist())):
             heap, key = (self._false_negatives, -score) if label > 0 else (self._false_positives, score)
             if self.num_worst == 0 or (len(heap) == self.num_worst and key <= heap[0][0]):
@@ -240,49 +238,37 @@ class EvaluationReport:
         atomic_write(path, write)
         return path
 
-    def _save_figure(self, figure: Figure, name: str) -> str:
-        path = os.path.join(self.output_dir, name)
-        FigureCanvasAgg(figure)
-        atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
-        return path
-
     def _write_roc(self, scores: np.ndarray, labels: np.ndarray) -> str | None:
         if len(np.unique(labels > 0)) < 2:
             self.logger.warning("no ROC curve: the test split has a single class")
             return None
         fpr, tpr, _ = roc_curve(labels > 0, scores)
-        figure = Figure(figsize=(4.5, 4.5))
+        figure = new_figure(figsize=(4.5, 4.5))
         ax = figure.add_subplot()
         ax.plot(fpr, tpr, label=f"AUROC = {image_auroc(scores, labels):.3f}")
         ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
         ax.set(xlabel="false positive rate", ylabel="true positive rate", title="image-level ROC")
         ax.set(xlim=(0, 1), ylim=(0, 1.01))
         ax.legend(loc="lower right")
-        return self._save_figure(figure, ROC_NAME)
+        return save_png(figure, os.path.join(self.output_dir, ROC_NAME))
 
     def _write_pro(self) -> str | None:
-        if not self.masks:
+        if not self.maps.has_masks:
             return None
-        maps, masks = np.concatenate(self.maps), np.concatenate(self.masks)
+        masks = self.maps.gathered()[1]
         if not masks.any() or masks.all():
             self.logger.info("no PRO curve: the test split has no anomalous pixels (or no normal ones)")
             return None
-        aupro = pixel_aupro(maps, masks, self.fpr_limit)
-        fpr, pro = pro_curve(maps, masks)
-        end = int(np.searchsorted(fpr, self.fpr_limit, side="right"))
-        x, y = fpr[:end], pro[:end]
-        if end < len(fpr) and x[-1] < self.fpr_limit:
-            # close the curve exactly at the limit, as pixel_aupro integrates it
-            y_limit = np.interp(self.fpr_limit, fpr[end - 1 : end + 1], pro[end - 1 : end + 1])
-            x, y = np.r_[x, self.fpr_limit], np.r_[y, y_limit]
-        x, y = _thin(x, y)
-        figure = Figure(figsize=(4.5, 4.5))
+        fpr, pro = self.maps.pro_curve(self.maps.map_size)  # computed once, with the AUPRO metric
+        aupro = aupro_of_curve(fpr, pro, self.fpr_limit)
+        x, y = _thin(*pro_curve_until(fpr, pro, self.fpr_limit))
+        figure = new_figure(figsize=(4.5, 4.5))
         ax = figure.add_subplot()
         ax.plot(x, y, label=f"AUPRO@{self.fpr_limit:g} = {aupro:.3f}")
         ax.set(xlabel="false positive rate (pixels)", ylabel="per-region overlap", title="PRO curve")
         ax.set(xlim=(0, self.fpr_limit), ylim=(0, 1.01))
         ax.legend(loc="lower right")
-        return self._save_figure(figure, PRO_NAME)
+        return save_png(figure, os.path.join(self.output_dir, PRO_NAME))
 
     def _write_worst_cases(self) -> str | None:
         rows = [
@@ -294,7 +280,7 @@ class EvaluationReport:
             return None
         maps = self._display_maps([c.anomaly_map for c in candidates])
         columns = max(len(row) for _, row in rows)
-        figure = Figure(figsize=(2.2 * columns, 4.8))
+        figure = new_figure(figsize=(2.2 * columns, 4.8))
         axes = figure.subplots(2, columns, squeeze=False)
         index = 0
         for r, (kind, row) in enumerate(rows):
@@ -310,7 +296,7 @@ class EvaluationReport:
                 ax.set_title(f"{kind} {title}\nscore {candidate.score:.4g}", fontsize=7)
                 index += 1
         figure.suptitle("highest-scoring normal (top) / lowest-scoring anomalous (bottom)", fontsize=8)
-        return self._save_figure(figure, WORST_NAME)
+        return save_png(figure, os.path.join(self.output_dir, WORST_NAME))
 
     def _display_maps(self, maps: list[torch.Tensor]) -> list[np.ndarray]:
         """``(h, w)`` raw maps in ``[0, 1]``: the model's calibration (0.5 = threshold), else a joint min-max."""

@@ -3,7 +3,6 @@ keeps a rerun from destroying earlier results."""
 
 from __future__ import annotations
 
-import fcntl
 import glob
 import logging
 import os
@@ -13,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from filelock import FileLock
 from ignite.engine import Engine, Events
 
 from multiad_monai.handlers.checkpoints import last_checkpoint
@@ -119,8 +119,7 @@ def create_tracking_store(tracking_uri: str) -> None:
 
     path = tracking_uri[len("sqlite:///") :]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(path + ".lock"):
         mlflow.MlflowClient(tracking_uri).search_experiments(max_results=1)
 
 

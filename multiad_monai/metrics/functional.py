@@ -7,7 +7,15 @@ from scipy import ndimage
 from scipy.integrate import trapezoid
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-__all__ = ["image_auroc", "image_f1_max", "pixel_auroc", "pixel_aupro", "pro_curve"]
+__all__ = [
+    "image_auroc",
+    "image_f1_max",
+    "pixel_auroc",
+    "pixel_aupro",
+    "pro_curve",
+    "pro_curve_until",
+    "aupro_of_curve",
+]
 
 
 def _both_classes(labels: np.ndarray) -> bool:
@@ -86,6 +94,24 @@ def pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return tuple(_cumulative_at_thresholds(scores, weights_fpr, weights_pro))
 
 
+def pro_curve_until(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """The part of a :func:`pro_curve` with FPR in ``[0, fpr_limit]``, closed exactly at the limit (linear)."""
+    end = int(np.searchsorted(fpr, fpr_limit, side="right"))
+    x, y = fpr[:end], pro[:end]
+    if x[-1] < fpr_limit and end < len(fpr):
+        y_limit = np.interp(fpr_limit, fpr[end - 1 : end + 1], pro[end - 1 : end + 1])
+        x, y = np.r_[x, fpr_limit], np.r_[y, y_limit]
+    return x, y
+
+
+def aupro_of_curve(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float = 0.3) -> float:
+    """Area under a :func:`pro_curve` for FPR in ``[0, fpr_limit]``, divided by ``fpr_limit``."""
+    if not 0 < fpr_limit <= 1:
+        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+    x, y = pro_curve_until(fpr, pro, fpr_limit)
+    return float(trapezoid(y, x) / fpr_limit)  # scipy's: np.trapezoid needs numpy >= 2
+
+
 def pixel_aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
     """Area under the PRO curve for FPR in ``[0, fpr_limit]``, divided by ``fpr_limit`` (so 1 is perfect)."""
     if not 0 < fpr_limit <= 1:
@@ -93,11 +119,4 @@ def pixel_aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> 
     masks = np.asarray(masks).astype(bool)
     if not _both_classes(masks.ravel()):
         return float("nan")
-    fpr, pro = pro_curve(maps, masks)
-    end = int(np.searchsorted(fpr, fpr_limit, side="right"))
-    x, y = fpr[:end], pro[:end]
-    if x[-1] < fpr_limit and end < len(fpr):
-        # close the curve exactly at the limit by linear interpolation
-        y_limit = np.interp(fpr_limit, fpr[end - 1 : end + 1], pro[end - 1 : end + 1])
-        x, y = np.r_[x, fpr_limit], np.r_[y, y_limit]
-    return float(trapezoid(y, x) / fpr_limit)  # scipy's: np.trapezoid needs numpy >= 2
+    return aupro_of_curve(*pro_curve(maps, masks), fpr_limit)

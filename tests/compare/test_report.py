@@ -21,8 +21,8 @@ import pytest
 import requests
 from monai.bundle import ConfigWorkflow
 
-from multiad_monai.compare import RunRecord, compare, cross_domain_rows, differing_params, group_runs, main
-from multiad_monai.handlers.mlflow_tags import RUN_METRICS, git_commit, run_tags
+from multiad_monai.compare import compare, main
+from multiad_monai.handlers.mlflow_tags import RUN_METRICS, git_commit
 from tests.bundles.helpers import ROOT, bundle_file
 from tests.conftest import write_mvtec
 
@@ -276,103 +276,3 @@ def test_mlflow_server_serves_runs_registered_model_and_comparison(store, compar
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
-
-
-# table-driven checks of the grouping on synthetic runs (no store)
-
-
-def _record(dataset: str, domain: str, seed: int, auroc: float, **params) -> RunRecord:
-    params = {
-        "seed": str(seed),
-        "output_dir": f"/tmp/{dataset}{seed}",
-        "dataset_dir": f"/tmp/x{seed}/{dataset}",
-        **params,
-    }
-    tags = {"dataset": dataset, "domain": domain, "run_type": "training"}
-    metrics = {"image_auroc": auroc, "pixel_auroc": auroc, "pixel_aupro": auroc / 2}
-    return RunRecord(f"{dataset}{seed}{params}", "e", "r", "FINISHED", params, tags, metrics)
-
-
-@pytest.mark.parametrize(
-    "params, expected",
-    [
-        ({"teacher": "a"}, []),
-        ({"teacher": "a", "ckpt_path": "/x"}, []),  # paths never differ
-        ({"teacher": "a", "n_train": "9"}, []),  # follows from the dataset
-        ({"teacher": "b"}, ["teacher"]),
-    ],
-)
-def test_differing_params_leave_out_seeds_paths_and_derived(params, expected):
-    runs = [_record("d", "medical", 0, 0.5, teacher="a", n_train="10"), _record("d", "medical", 1, 0.6, **params)]
-    assert differing_params(runs) == expected
-
-
-def test_cross_domain_rows_average_per_domain():
-    runs = [
-        _record(dataset, domain, seed, value + 0.1 * seed, fusion=fusion)
-        for dataset, domain, value in (
-            ("brain", "medical", 0.6),
-            ("xray", "medical", 0.8),
-            ("paper", "industrial", 0.9),
-        )
-        for fusion in ("sum", "product")
-        for seed in (0, 1)
-    ]
-    columns, params, groups, config_keys = group_runs(runs)
-    assert params == ["fusion"] and config_keys == ["fusion"] and len(groups) == 6
-    configs, rows = cross_domain_rows(runs, config_keys)
-    assert configs == ["fusion=sum", "fusion=product"]
-    by_name = {r["dataset"]: r for r in rows}
-    assert list(by_name) == ["brain", "xray", "Medical mean", "paper", "Industrial mean"]
-    mean, std, n = by_name["brain"]["values"]["fusion=sum"]["image_auroc"]
-    assert (mean, n) == (pytest.approx(0.65), 2) and std == pytest.approx(np.std([0.6, 0.7], ddof=1))
-    assert by_name["Medical mean"]["values"]["fusion=sum"]["image_auroc"] == (pytest.approx(0.75), None, 2)
-    assert by_name["Industrial mean"]["values"]["fusion=product"]["pixel_aupro"][0] == pytest.approx(0.475)
-    _, _, grouped, _ = group_runs(runs, ["fusion"])
-    assert [len(g.runs) for g in grouped] == [6, 6]
-
-
-def test_compare_reads_only_this_projects_runs_and_shows_non_finite_metrics(tmp_path, capsys):
-    """A store shared with another tool: its runs are skipped by name; NaN and Inf metrics are counted, not
-    averaged away or printed as MLflow's stand-in for infinity (the largest float)."""
-    uri = "sqlite:///" + str(tmp_path / "mlruns.db")
-    client = mlflow.MlflowClient(uri)
-    ours = client.create_experiment("multiad_mvtec")
-    tags = {**run_tags("bundles/mvtec", write_mvtec(str(tmp_path / "bottle")), device="cpu"), "run_type": "training"}
-    for seed, auroc in ((0, 0.9), (1, float("nan")), (2, float("inf"))):
-        run = client.create_run(ours, run_name=f"seed{seed}", tags=tags)
-        client.log_param(run.info.run_id, "seed", seed)
-        client.log_metric(run.info.run_id, "image_auroc", auroc)
-        client.log_metric(run.info.run_id, "pixel_auroc", 0.8 + seed / 100)
-        client.set_terminated(run.info.run_id)
-    foreign = client.create_run(client.create_experiment("other_project"), run_name="their_run")
-    client.log_metric(foreign.info.run_id, "image_auroc", 0.5)
-    client.set_terminated(foreign.info.run_id)
-
-    result = main(["--tracking_uri", uri, "--all", "--output_dir", str(tmp_path / "cmp"), "--no_log"])
-    printed = capsys.readouterr().out
-    assert [r.name for r in result.runs] == ["seed0", "seed1", "seed2"]
-    assert [r.name for r in result.skipped] == ["their_run"]
-    assert "skipped 1 run not written by multiad-monai: their_run (other_project)" in printed
-    assert "| 3 | 0,1,2 | 0.900 (1 finite; 1 NaN, 1 inf) | 0.810 ± 0.010 |" in printed, printed
-    assert "1797693" not in printed and "e+308" not in printed
-    groups = list(csv.DictReader(open(tmp_path / "cmp" / "groups.csv", encoding="utf-8")))
-    assert groups[0]["image_auroc_n"] == "1" and groups[0]["image_auroc_nonfinite"] == "1 NaN, 1 inf"
-
-    everything = main(
-        ["--tracking_uri", uri, "--all", "--include_foreign", "--output_dir", str(tmp_path / "all"), "--no_log"]
-    )
-    assert len(everything.runs) == 4 and not everything.skipped
-
-
-def test_compare_refuses_an_output_dir_it_cannot_write_before_reading_the_store(tmp_path, capsys):
-    (tmp_path / "taken").write_text("a file")
-    uri = "sqlite:///" + str(tmp_path / "missing.db")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--tracking_uri", uri, "--all", "--output_dir", str(tmp_path / "taken"), "--no_log"])
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert (
-        exit_info.value.code == 1
-        and last == f"error: --output_dir {tmp_path / 'taken'} is a file, not a folder: pass another --output_dir"
-    )
-    assert not (tmp_path / "missing.db").exists()  # the store was not even opened
