@@ -43,7 +43,8 @@ def tiny_checkpoints(folder: str, archive: str) -> tuple[str, str]:
     middle = ordered[half - 1 : half + 1].mean()  # no score lies at a threshold
     calibrations = {"model.pt": (ordered[0], middle), "other.pt": (torch.tensor(0.0), 2 * ordered[-1])}
     for name, (low, threshold) in calibrations.items():
-        half_spread = (threshold - low) / network.recipe.threshold_sigmas / 2**0.5  # two values: mean low, std as wanted
+        # two values: mean low, std as wanted
+        half_spread = (threshold - low) / network.recipe.threshold_sigmas / 2**0.5
         network.normalizer.fit_thresholds(torch.stack([low - half_spread, low + half_spread]), maps)
         paths.append(os.path.join(folder, name))
         torch.save(network.state_dict(), paths[-1])
