@@ -28,6 +28,7 @@ from multiad_monai.checkpoint import checkpoint_sha256
 from multiad_monai.data.datasets import NamedErrorDataset, apply_named
 from multiad_monai.data.layouts import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, file_stem
 from multiad_monai.dicom_output import write_heatmap, write_segmentation
+from multiad_monai.networks.inputs import check_images
 from multiad_monai.networks.multiad import MultiAD
 from multiad_monai.transforms.dicom import DicomSeries, NoImageSeries, find_series, is_dicom_file, is_dicom_input
 from multiad_monai.transforms.preprocessing import (
@@ -213,6 +214,9 @@ class AnomalyInferer:
             raw maps at the model's resolution ``(N, 1, S, S)`` and scores ``(N,)``, on the CPU.
         """
         images = torch.stack([self.to_rgb(s)["image"].as_tensor() for s in samples])
+        height, width = self.network.recipe.image_size
+        # the size, layout and range the model was trained for, as the exported model checks them
+        check_images(images, height, width, refuse_range=False)
         result = self.network(images.to(self.device))
         return result.anomaly_map.float().cpu(), result.pred_score.float().cpu()
 
