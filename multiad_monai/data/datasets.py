@@ -24,6 +24,7 @@ from multiad_monai.transforms.preprocessing import (
     volume_transform,
 )
 from multiad_monai.utils import MultiADKeys
+from multiad_monai.utils.errors import error_reason
 
 __all__ = [
     "AnomalyData",
@@ -88,7 +89,7 @@ def apply_named(transform: Compose, item: dict):
         # an already loaded array is named by its source file, never printed whole
         named = [item[k] for k in ("image", "mask") if k in item]
         files = ", ".join(_name(v) for v in named)
-        raise ValueError(f"cannot load {files}: {cause}") from e
+        raise ValueError(f"cannot load {files}: {error_reason(cause)}") from e
 
 
 def calibration_split(count: int, calibration_fraction: float, seed: int, where: str, volumes: bool) -> set[int]:
