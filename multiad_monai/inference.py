@@ -39,7 +39,7 @@ from multiad_monai.transforms.preprocessing import (
     slicing_transform,
     volume_transform,
 )
-from multiad_monai.utils import check_path, staged_dir
+from multiad_monai.utils import check_path, check_writable, staged_dir
 from multiad_monai.visualize import overlay
 
 __all__ = [
@@ -129,10 +129,12 @@ def input_source(item: Input) -> str:
 
 
 def check_output_dir(input_path: str, output_dir: str) -> None:
-    """Refuse a missing ``output_dir``, one the bundle parser would mangle, or the input folder itself."""
+    """Refuse a missing ``output_dir``, one the bundle parser would mangle or that cannot be written, or the input
+    folder itself."""
     if not output_dir:
         raise ValueError("output_dir is required (--output_dir DIR): maps, overlays and scores.csv go there")
     check_path(output_dir, "output_dir")
+    check_writable(output_dir, "output_dir", folder=True)  # before the work, not after it
     if os.path.isdir(input_path) and os.path.realpath(input_path) == os.path.realpath(output_dir):
         raise ValueError(
             f"output_dir {output_dir} is the input folder: a rerun would score its own maps and overlays; "
