@@ -15,6 +15,7 @@ normalised value, the anomalous flag and, for volumes, one score per axial slice
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import tempfile
@@ -142,6 +143,14 @@ def _write_volume(array: np.ndarray, source: str, affine: np.ndarray, extension:
     return converted
 
 
+def _malloc_trim() -> None:
+    """Hand the heap pages freed by an inference back to the system (glibc keeps them in its arenas otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 class AnomalyInferTask(InferTask):
     """Anomaly label or heat map of one study with a served bundle's current checkpoint.
 
@@ -160,6 +169,8 @@ class AnomalyInferTask(InferTask):
         )
         self.model = model
         self._slots = threading.BoundedSemaphore(max_concurrent)
+        self._running = 0  # inferences running or waiting; the last one to end trims the heap
+        self._count_lock = threading.Lock()
 
     def is_valid(self) -> bool:
         return True
@@ -188,13 +199,22 @@ class AnomalyInferTask(InferTask):
         except InputError as e:
             raise InputError(_input_message(e, path, name)) from None
         start = time.time()
-        with self._slots:
-            waited = time.time() - start
-            inferer, checkpoint = self.model.inferer()
-            if kind == "volume":
-                result_file, result = self._volume(inferer, path, options, name)
-            else:
-                result_file, result = self._image(inferer, path, options, name)
+        with self._count_lock:
+            self._running += 1
+        try:
+            with self._slots:
+                waited = time.time() - start
+                inferer, checkpoint = self.model.inferer()
+                if kind == "volume":
+                    result_file, result = self._volume(inferer, path, options, name)
+                else:
+                    result_file, result = self._image(inferer, path, options, name)
+        finally:
+            with self._count_lock:
+                self._running -= 1
+                last = self._running == 0
+            if last:  # after a burst of requests the server's memory falls back (see benchmarks/monailabel_load.py)
+                _malloc_trim()
         result.update(
             model=self.model.name,
             checkpoint=checkpoint.as_dict(),
