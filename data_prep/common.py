@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -29,6 +30,7 @@ from multiad_monai.transforms import (
     oriented_shape,
 )
 from multiad_monai.utils import atomic_write
+from multiad_monai.utils.errors import root_message
 
 __all__ = [
     "GOOD",
@@ -406,7 +408,8 @@ def run_converter(prog: str, convert: Callable[[], Mapping[str, int]]) -> int:
         convert: the conversion, returning the written-image counts keyed ``"<split>/<class>"``.
 
     Returns:
-        0 on success, 2 when the input is bad (the error, which names the file or folder, is printed).
+        0 on success, 2 when the input is bad (the error, which names the file or folder, is printed), 1 for any
+        other error: its traceback, then its message as the last line.
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
@@ -414,6 +417,11 @@ def run_converter(prog: str, convert: Callable[[], Mapping[str, int]]) -> int:
     except (OSError, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a reader's own error type (SimpleITK's RuntimeError, ...): the message last
+        traceback.print_exc()
+        message = " ".join(root_message(e).split())  # one line, whatever the reader's message spans
+        print(f"{prog}: error: {message} (the full traceback is above)", file=sys.stderr)
+        return 1
     for key in sorted(counts):
         print(f"{key}: {counts[key]}")
     return 0

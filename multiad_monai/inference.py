@@ -28,6 +28,7 @@ from multiad_monai.checkpoint import checkpoint_sha256
 from multiad_monai.data.datasets import NamedErrorDataset, apply_named
 from multiad_monai.data.layouts import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, file_stem
 from multiad_monai.dicom_output import write_heatmap, write_segmentation
+from multiad_monai.networks.inputs import check_images
 from multiad_monai.networks.multiad import MultiAD
 from multiad_monai.transforms.dicom import DicomSeries, NoImageSeries, find_series, is_dicom_file, is_dicom_input
 from multiad_monai.transforms.preprocessing import (
@@ -38,7 +39,7 @@ from multiad_monai.transforms.preprocessing import (
     slicing_transform,
     volume_transform,
 )
-from multiad_monai.utils import check_path, staged_dir
+from multiad_monai.utils import check_path, check_writable, staged_dir
 from multiad_monai.visualize import overlay
 
 __all__ = [
@@ -128,10 +129,12 @@ def input_source(item: Input) -> str:
 
 
 def check_output_dir(input_path: str, output_dir: str) -> None:
-    """Refuse a missing ``output_dir``, one the bundle parser would mangle, or the input folder itself."""
+    """Refuse a missing ``output_dir``, one the bundle parser would mangle or that cannot be written, or the input
+    folder itself."""
     if not output_dir:
         raise ValueError("output_dir is required (--output_dir DIR): maps, overlays and scores.csv go there")
     check_path(output_dir, "output_dir")
+    check_writable(output_dir, "output_dir", folder=True)  # before the work, not after it
     if os.path.isdir(input_path) and os.path.realpath(input_path) == os.path.realpath(output_dir):
         raise ValueError(
             f"output_dir {output_dir} is the input folder: a rerun would score its own maps and overlays; "
@@ -213,6 +216,9 @@ class AnomalyInferer:
             raw maps at the model's resolution ``(N, 1, S, S)`` and scores ``(N,)``, on the CPU.
         """
         images = torch.stack([self.to_rgb(s)["image"].as_tensor() for s in samples])
+        height, width = self.network.recipe.image_size
+        # the size, layout and range the model was trained for, as the exported model checks them
+        check_images(images, height, width, refuse_range=False)
         result = self.network(images.to(self.device))
         return result.anomaly_map.float().cpu(), result.pred_score.float().cpu()
 

@@ -180,3 +180,36 @@ def test_a_large_image_is_reduced_on_reading_and_its_map_has_the_file_s_size(inf
     inferer(str(path), str(tmp_path / "out"))
     saved = np.load(tmp_path / "out" / "large_map.npy")
     assert saved.shape == (1500, 2000) and saved.dtype == np.float16
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing checkpoint", "nope.pt"),
+        ("bad file", "garbage.nii.gz"),
+        ("unwritable output", "output_dir /proc/multiad-out cannot be written"),
+    ],
+)
+def test_the_inference_bundle_ends_with_one_line_naming_the_file(tmp_path, case, expected):
+    """The inference command line: its last lines name the user's file or key and nothing is written."""
+    torch.manual_seed(0)
+    network = MultiAD(image_size=32)
+    network.calibrate(torch.rand(8) + 1.0, torch.rand(8, 1, 32, 32))
+    ckpt = str(tmp_path / "model.pt")
+    torch.save(network.state_dict(), ckpt)
+    inputs = write_volumes(str(tmp_path / "vols"), n_train=1, n_test=1)
+    input_path, out = os.path.join(inputs, "imagesTs"), str(tmp_path / "out")
+    if case == "missing checkpoint":
+        ckpt = str(tmp_path / "nope.pt")
+    elif case == "bad file":
+        input_path = str(tmp_path / "garbage.nii.gz")
+        open(input_path, "wb").write(b"not a volume" * 10)
+    else:
+        out = "/proc/multiad-out"
+    command = bundle_command(
+        "brain", None, out, "--input_path", input_path, "--ckpt_path", ckpt, configs=("inference.json",)
+    )
+    result = run(command, timeout=300)
+    error = [line for line in result.stderr.strip().splitlines()[-3:] if line.startswith("error: ")]
+    assert result.returncode != 0 and error and expected in error[0], result.stderr[-2000:]
+    assert not os.path.exists(out) or not os.listdir(out)

@@ -7,6 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
 from PIL import Image
 
 from multiad_monai.inference import AnomalyInferer, list_inputs
@@ -109,3 +110,13 @@ def test_inputs_and_calibration_are_checked(tmp_path):
         list_inputs(str(tmp_path))
     with pytest.raises(ValueError, match="not calibrated"):
         AnomalyInferer(MultiAD())
+
+
+def test_a_batch_the_model_was_not_trained_for_is_refused_or_warned_about(inferer):
+    """The eager path runs the exported model's input check (multiad_monai.networks.inputs.check_images)."""
+    maps, scores = inferer.predict_samples([{"image": MetaTensor(torch.rand(1, 32, 32))}])
+    assert maps.shape == (1, 1, 32, 32) and scores.shape == (1,)
+    with pytest.raises(ValueError, match=r"shape \(N, 3, 32, 32\).*got 48 x 48: the model was trained"):
+        inferer.predict_samples([{"image": MetaTensor(torch.rand(1, 48, 48))}])
+    with pytest.warns(UserWarning, match=r"got values in \[0.0, 200.0\]: scale the intensities"):
+        inferer.predict_samples([{"image": MetaTensor(torch.eye(32)[None] * 200)}])

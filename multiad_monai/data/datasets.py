@@ -24,9 +24,12 @@ from multiad_monai.transforms.preprocessing import (
     volume_transform,
 )
 from multiad_monai.utils import MultiADKeys
+from multiad_monai.utils.errors import error_reason
 
 __all__ = [
     "AnomalyData",
+    "calibration_split",
+    "no_samples_left",
     "NamedErrorDataset",
     "apply_named",
     "cached_teacher_features",
@@ -86,7 +89,44 @@ def apply_named(transform: Compose, item: dict):
         # an already loaded array is named by its source file, never printed whole
         named = [item[k] for k in ("image", "mask") if k in item]
         files = ", ".join(_name(v) for v in named)
-        raise ValueError(f"cannot load {files}: {cause}") from e
+        raise ValueError(f"cannot load {files}: {error_reason(cause)}") from e
+
+
+def calibration_split(count: int, calibration_fraction: float, seed: int, where: str, volumes: bool) -> set[int]:
+    """The indices of the ``count`` normal training samples held out to calibrate the scores.
+
+    The rule of :func:`load_datasets`, also checked by the MONAI Label app before a retrain starts: calibration
+    needs at least two samples to estimate a spread, training at least one more.
+
+    Args:
+        count: normal training samples (volumes, for 3D data).
+        calibration_fraction, seed: as in :func:`load_datasets`.
+        where: the dataset, for the message.
+        volumes: the samples are volumes (else 2D images), for the message.
+
+    Raises:
+        ValueError: nothing would be left to train, naming ``where`` and the fix.
+    """
+    if not 0.0 < calibration_fraction < 1.0:
+        raise ValueError(f"calibration_fraction must be in (0, 1), got {calibration_fraction}")
+    rng = np.random.default_rng(seed)
+    held_out = set(rng.permutation(count)[: max(2, round(calibration_fraction * count))].tolist())
+    if len(held_out) >= count:
+        unit = "volumes" if volumes else "images"
+        raise ValueError(
+            f"{where} has {count} normal training {unit}; at least {len(held_out) + 1} are needed ({len(held_out)} "
+            f"held out to calibrate the scores with calibration_fraction={calibration_fraction}, at least 2, the rest "
+            "to train), and many more to train well: add normal studies or lower calibration_fraction"
+        )
+    return held_out
+
+
+def no_samples_left(split: str, where: str) -> str:
+    """The message of a split left empty by slicing (``slice_range``, ``min_foreground``) and holding out."""
+    return (
+        f"no normal {split} samples left in {where} after slicing/holding out: widen slice_range or lower "
+        "min_foreground (see VolumeToSlicesd), or add normal studies"
+    )
 
 
 def load_datasets(
@@ -118,16 +158,8 @@ def load_datasets(
     dataset_dir = category_root(dataset_dir, category)
     layout, splits = index_dataset(dataset_dir)
 
-    rng = np.random.default_rng(seed)
     train_items = list(splits["train"])
-    # calibration needs at least two samples to estimate a spread
-    held_out = set(rng.permutation(len(train_items))[: max(2, round(calibration_fraction * len(train_items)))].tolist())
-    if len(held_out) >= len(train_items):
-        unit = "volumes" if layout == "volumes" else "images"
-        raise ValueError(
-            f"{dataset_dir} has {len(train_items)} normal training {unit}; at least 3 are needed (2 held out to "
-            f"calibrate the scores, the rest to train), and many more to train well"
-        )
+    held_out = calibration_split(len(train_items), calibration_fraction, seed, dataset_dir, layout == "volumes")
     if len(train_items) - len(held_out) < 10 and layout != "volumes":
         logger.warning(
             f"only {len(train_items) - len(held_out)} of the {len(train_items)} normal images of {dataset_dir} are "
@@ -156,7 +188,7 @@ def load_datasets(
             loaded[split] = samples(splits[split], False)
     for split in ("train", "calibration"):
         if not loaded[split]:
-            raise ValueError(f"no normal {split} samples left in {dataset_dir} after slicing/holding out")
+            raise ValueError(no_samples_left(split, dataset_dir))
     has_masks = any("mask" in item for item in splits["test"]) or layout == "volumes"
     if not any(s["label"] for s in loaded["test"]):
         logger.warning(f"the test split of {dataset_dir} holds only normal images: AUROC, AUPRO and F1 are undefined")

@@ -15,6 +15,7 @@ normalised value, the anomalous flag and, for volumes, one score per axial slice
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import tempfile
@@ -35,13 +36,15 @@ from multiad_monai.monailabel.models import BundleModel
 from multiad_monai.transforms.array import SLICE_AXCODES, SLICE_AXIS
 from multiad_monai.transforms.dicom import is_dicom_file
 
-__all__ = ["AnomalyInferTask", "InputError", "check_infer_params", "RESULTS", "VOLUME_RESULT_EXTENSIONS"]
+__all__ = ["AnomalyInferTask", "InputError", "check_infer_params", "RESULTS", "UPLOAD_NAME", "VOLUME_RESULT_EXTENSIONS"]
 
 logger = logging.getLogger(__name__)
 
 RESULTS = ("label", "heatmap")
 VOLUME_RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
 LABEL = "anomaly"
+# request key naming an uploaded file as the user sent it (MONAI Label stores uploads under a temporary name)
+UPLOAD_NAME = "upload_name"
 
 
 class InputError(ValueError):
@@ -88,11 +91,13 @@ def input_kind(path: str) -> str:
     )
 
 
-def _input_message(error: BaseException, path: str) -> str:
-    """The loader's first line, naming the study by file name (server paths stay on the server)."""
+def _input_message(error: BaseException, path: str, name: str | None = None) -> str:
+    """The loader's first line, naming the study by file name (server paths stay on the server), or by ``name``:
+    an upload's file name as the user sent it, instead of the temporary file MONAI Label stored it in."""
     lines = str(error).strip().splitlines()
     message = lines[0] if lines else type(error).__name__
-    return message.replace(os.path.dirname(os.path.abspath(path)) + os.sep, "")
+    message = message.replace(os.path.dirname(os.path.abspath(path)) + os.sep, "")
+    return message.replace(os.path.basename(path), name) if name else message
 
 
 def slice_positions(
@@ -138,6 +143,14 @@ def _write_volume(array: np.ndarray, source: str, affine: np.ndarray, extension:
     return converted
 
 
+def _malloc_trim() -> None:
+    """Hand the heap pages freed by an inference back to the system (glibc keeps them in its arenas otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 class AnomalyInferTask(InferTask):
     """Anomaly label or heat map of one study with a served bundle's current checkpoint.
 
@@ -156,6 +169,8 @@ class AnomalyInferTask(InferTask):
         )
         self.model = model
         self._slots = threading.BoundedSemaphore(max_concurrent)
+        self._running = 0  # inferences running or waiting; the last one to end trims the heap
+        self._count_lock = threading.Lock()
 
     def is_valid(self) -> bool:
         return True
@@ -178,15 +193,28 @@ class AnomalyInferTask(InferTask):
         path = request.get("image")
         if not isinstance(path, str) or not path:
             raise InputError("this model needs an image id from the datastore or an uploaded file")
-        kind = input_kind(path)
+        name = request.get(UPLOAD_NAME) if isinstance(request.get(UPLOAD_NAME), str) else None
+        try:
+            kind = input_kind(path)
+        except InputError as e:
+            raise InputError(_input_message(e, path, name)) from None
         start = time.time()
-        with self._slots:
-            waited = time.time() - start
-            inferer, checkpoint = self.model.inferer()
-            if kind == "volume":
-                result_file, result = self._volume(inferer, path, options)
-            else:
-                result_file, result = self._image(inferer, path, options)
+        with self._count_lock:
+            self._running += 1
+        try:
+            with self._slots:
+                waited = time.time() - start
+                inferer, checkpoint = self.model.inferer()
+                if kind == "volume":
+                    result_file, result = self._volume(inferer, path, options, name)
+                else:
+                    result_file, result = self._image(inferer, path, options, name)
+        finally:
+            with self._count_lock:
+                self._running -= 1
+                last = self._running == 0
+            if last:  # after a burst of requests the server's memory falls back (see benchmarks/monailabel_load.py)
+                _malloc_trim()
         result.update(
             model=self.model.name,
             checkpoint=checkpoint.as_dict(),
@@ -219,11 +247,11 @@ class AnomalyInferTask(InferTask):
             "pixel_threshold": float(network.pixel_threshold),
         }
 
-    def _volume(self, inferer: AnomalyInferer, path: str, options: dict) -> tuple[str, dict]:
+    def _volume(self, inferer: AnomalyInferer, path: str, options: dict, name: str | None) -> tuple[str, dict]:
         try:
             prediction = inferer.predict_volume(path)
         except ValueError as e:  # unreadable, or not a one-channel 3D volume: named by the inferer's loader
-            raise InputError(_input_message(e, path)) from e
+            raise InputError(_input_message(e, path, name)) from e
         shape = prediction.anomaly_map.shape
         array, n_anomalous = self._output(inferer, prediction.anomaly_map, options)
         result_file = _write_volume(array, path, prediction.affine, options["result_extension"])
@@ -247,11 +275,11 @@ class AnomalyInferTask(InferTask):
             "top_slices": top_slices,
         }
 
-    def _image(self, inferer: AnomalyInferer, path: str, options: dict) -> tuple[str, dict]:
+    def _image(self, inferer: AnomalyInferer, path: str, options: dict, name: str | None) -> tuple[str, dict]:
         try:
             _, _, raw_map, score = next(inferer.predict_images([path]))
         except ValueError as e:  # unreadable file or unsupported channels, named by the loader
-            raise InputError(_input_message(e, path)) from e
+            raise InputError(_input_message(e, path, name)) from e
         array, n_anomalous = self._output(inferer, raw_map, options)
         if options["result"] == "label":
             result_file = tempfile.NamedTemporaryFile(suffix=".png", delete=False).name

@@ -24,11 +24,11 @@ from monailabel.endpoints.infer import ResultType
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
 
-from multiad_monai.monailabel.infer import InputError, check_infer_params
+from multiad_monai.monailabel.infer import UPLOAD_NAME, InputError, check_infer_params
 from multiad_monai.monailabel.pacs import PacsUnavailable
 from multiad_monai.monailabel.runs import TrainingBusy, TrainingLock
-from multiad_monai.monailabel.studies import review, select
-from multiad_monai.monailabel.train import check_train_params
+from multiad_monai.monailabel.studies import TooFewStudies
+from multiad_monai.monailabel.train import interrupted_tasks
 from multiad_monai.upstream import add_exception_handler_to_running_app
 
 if TYPE_CHECKING:
@@ -80,6 +80,8 @@ def run_inference(
         check_infer_params(_json_object(params, "params"))
     except ValueError as e:
         raise HTTPException(400, str(e)) from e
+    if file and file.filename:  # errors name the upload as sent, not MONAI Label's temporary copy
+        params = json.dumps({**_json_object(params, "params"), UPLOAD_NAME: file.filename})
     try:
         return infer_endpoint.run_inference(background_tasks, model, image, session_id, params, file, label, output)
     except InputError as e:
@@ -107,14 +109,12 @@ async def run_training(
     app: MultiADApp = app_instance()
     _known("model", model, list(app.trainers))
     try:
-        check_train_params(app.trainers[model].defaults, params or {})
+        app.trainers[model].check(params or {}, app.datastore())
+        TrainingLock(app.trainers[model].model.runs_dir, model).check_free()
+    except (TooFewStudies, TrainingBusy) as e:
+        raise HTTPException(409, str(e)) from e
     except ValueError as e:
         raise HTTPException(400, str(e)) from e
-    try:
-        select(review(app.datastore()))
-        TrainingLock(app.trainers[model].model.runs_dir, model).check_free()
-    except (ValueError, TrainingBusy) as e:
-        raise HTTPException(409, str(e)) from e
     return train.run_model(model, params, run_sync, enqueue)
 
 
@@ -129,17 +129,30 @@ async def run_all_training(
         _known("model", model, list(app.trainers))
         if not isinstance(request, dict):
             raise HTTPException(400, f"params.{model} must be a JSON object of train parameters, got {request!r}")
+    for model in app.trainers:  # MONAI Label trains every model, each with its params or none
         try:
-            check_train_params(app.trainers[model].defaults, request)
+            app.trainers[model].check((params or {}).get(model) or {}, app.datastore())
+            TrainingLock(app.trainers[model].model.runs_dir, model).check_free()
+        except (TooFewStudies, TrainingBusy) as e:
+            raise HTTPException(409, str(e)) from e
         except ValueError as e:
             raise HTTPException(400, f"{model}: {e}") from e
-    try:
-        select(review(app.datastore()))
-        for model in app.trainers:
-            TrainingLock(app.trainers[model].model.runs_dir, model).check_free()
-    except (ValueError, TrainingBusy) as e:
-        raise HTTPException(409, str(e)) from e
     return train.run(params, run_sync)
+
+
+async def training_status(
+    all: bool = False,
+    check_if_running: bool = False,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+):
+    """MONAI Label's ``GET /train/``; after a restart, the runs a dead server left are reported (interrupted)."""
+    try:
+        return train.status(all, check_if_running)
+    except HTTPException as e:
+        runs = [] if check_if_running else interrupted_tasks(app_instance().trainers)
+        if e.status_code != 404 or not runs:
+            raise
+        return runs if all else runs[-1]
 
 
 async def run_scoring(
@@ -175,6 +188,7 @@ def install(server: FastAPI) -> None:
     """Serve the checked routes before MONAI Label's routes of the same paths (FastAPI matches in order)."""
     router = APIRouter(prefix=settings.MONAI_LABEL_API_STR)
     router.add_api_route("/infer/{model}", run_inference, methods=["POST"], summary="Run inference (checked)")
+    router.add_api_route("/train/", training_status, methods=["GET"], summary="Training status (and interrupted runs)")
     router.add_api_route("/train/", run_all_training, methods=["POST"], summary="Retrain every model (checked)")
     router.add_api_route("/train/{model}", run_training, methods=["POST"], summary="Retrain a model (checked)")
     router.add_api_route("/scoring/{method}", run_scoring, methods=["POST"], summary="Run scoring (checked)")

@@ -24,10 +24,22 @@ import SimpleITK as sitk
 from monai.transforms import LoadImage
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
+from multiad_monai.data.datasets import calibration_split, no_samples_left
 from multiad_monai.data.layouts import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS
+from multiad_monai.transforms.array import VolumeToSlices, load_volume_for_slicing
 from multiad_monai.transforms.dicom import register_dicom_reader
 
-__all__ = ["Review", "Selection", "review", "select", "build_dataset", "MIN_NORMAL", "NORMAL_FLAG"]
+__all__ = [
+    "Review",
+    "Selection",
+    "TooFewStudies",
+    "review",
+    "select",
+    "check_split",
+    "build_dataset",
+    "MIN_NORMAL",
+    "NORMAL_FLAG",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +133,10 @@ def _empty_label_like(image: str, target: str) -> None:
     sitk.WriteImage(empty, target)
 
 
+class TooFewStudies(ValueError):
+    """Fewer studies are marked normal than a retraining needs: the datastore, not the request, must change."""
+
+
 @dataclass
 class Selection:
     """The studies one retraining uses: all of one kind (3D volumes or 2D images)."""
@@ -135,14 +151,14 @@ def select(reviewed: Review) -> Selection:
     """Keep the kind with more normal studies (volumes on a tie); studies of the other kind are left out.
 
     Raises:
-        ValueError: fewer than :data:`MIN_NORMAL` normal studies of that kind, naming how to mark them.
+        TooFewStudies: fewer than :data:`MIN_NORMAL` normal studies of that kind, naming how to mark them.
     """
     volumes = {i: p for i, p in reviewed.normal.items() if _is_volume(p)}
     images = {i: p for i, p in reviewed.normal.items() if not _is_volume(p)}
     use_volumes = len(volumes) >= len(images)
     normal = volumes if use_volumes else images
     if len(normal) < MIN_NORMAL:
-        raise ValueError(
+        raise TooFewStudies(
             f"retraining needs at least {MIN_NORMAL} studies marked normal, found {len(normal)} "
             f"({len(volumes)} volumes, {len(images)} 2D images): mark a study normal with PUT "
             '/datastore/image/info?image=ID and the form field info={"normal": true}, or submit an empty label for it'
@@ -150,6 +166,39 @@ def select(reviewed: Review) -> Selection:
     anomalous = {i: v for i, v in reviewed.anomalous.items() if _is_volume(v[0]) == use_volumes}
     left_out = sorted(set(reviewed.normal) - set(normal)) + sorted(set(reviewed.anomalous) - set(anomalous))
     return Selection(use_volumes, normal, anomalous, left_out)
+
+
+def check_split(
+    selection: Selection, calibration_fraction: float, seed: int, slice_range: list[int] | None = None
+) -> None:
+    """What the training bundle would reject, checked before a task starts with the bundle's own rules.
+
+    The normal studies are split into training and calibration studies as the bundle splits them
+    (:func:`~multiad_monai.data.datasets.calibration_split`, on the study files in the order the layout lists
+    them); with ``slice_range``, each volume's slices are counted as the bundle cuts them (``VolumeToSlices``).
+    Slices dropped by ``min_foreground`` are only known once the volumes are intensity-scaled: the bundle
+    checks that itself.
+
+    Raises:
+        ValueError: nothing would be left to train or calibrate, naming the studies and the fix.
+    """
+    where = f"the datastore ({len(selection.normal)} studies marked normal)"
+    held_out = calibration_split(len(selection.normal), calibration_fraction, seed, where, selection.volumes)
+    if not selection.volumes or slice_range is None:
+        return
+    slicer = VolumeToSlices(slice_range=slice_range)
+    names = sorted(selection.normal, key=lambda i: i + _extension(selection.normal[i]))  # the layout's order
+    kept = {}
+    for image_id in names:
+        volume = load_volume_for_slicing(selection.normal[image_id])
+        kept[image_id] = len(slicer.indices(volume.shape[slicer.axis + 1]))
+    for split, ids in (
+        ("train", [i for n, i in enumerate(names) if n not in held_out]),
+        ("calibration", [i for n, i in enumerate(names) if n in held_out]),
+    ):
+        if not sum(kept[i] for i in ids):
+            depths = ", ".join(f"{i}: {kept[i]} slices kept" for i in ids)
+            raise ValueError(f"{no_samples_left(split, where)}; slice_range={list(slice_range)} ({depths})")
 
 
 def build_dataset(reviewed: Review, out_dir: str) -> dict:

@@ -28,11 +28,17 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from multiad_monai.monailabel.models import RUN_FILE, BundleModel
-from multiad_monai.monailabel.runs import TrainingLock, die_with_parent, interrupted, mark_interrupted
-from multiad_monai.monailabel.studies import build_dataset, review
+from multiad_monai.monailabel.runs import (
+    INTERRUPTED_FILE,
+    TrainingLock,
+    die_with_parent,
+    interrupted,
+    mark_interrupted,
+)
+from multiad_monai.monailabel.studies import build_dataset, check_split, review, select
 from multiad_monai.utils import atomic_write
 
-__all__ = ["RetrainTask", "check_train_params", "CLIENT_KEYS", "SHOWN_KEYS"]
+__all__ = ["RetrainTask", "check_train_params", "interrupted_tasks", "CLIENT_KEYS", "SHOWN_KEYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +210,41 @@ def _dump(value: Any, path: str) -> None:
         json.dump(value, f, indent=2)
 
 
+def interrupted_tasks(trainers: dict[str, RetrainTask]) -> list[dict[str, Any]]:
+    """The runs a dead server or training process left, as ``GET /train/`` tasks (oldest first).
+
+    MONAI Label keeps its tasks in memory: after a restart ``GET /train/`` would know no task at all, although a
+    run was interrupted. Each is ``{"id", "model", "status": "INTERRUPTED", "run_dir", "details": [reason],
+    "start_ts", "end_ts"}`` (the start from the run folder's name, the end when the restart found it).
+    """
+    tasks = []
+    for name, trainer in trainers.items():
+        for run in interrupted(trainer.model.runs_dir):
+            run_dir = os.path.join(trainer.model.runs_dir, run)
+            try:
+                with open(os.path.join(run_dir, INTERRUPTED_FILE), encoding="utf-8") as f:
+                    record = json.load(f)
+            except (OSError, ValueError) as e:
+                record = {"reason": f"its {INTERRUPTED_FILE} cannot be read: {e}"}
+            started = run[:15]  # <YYYYmmdd-HHMMSS>-<id>
+            try:
+                started = time.strftime("%Y-%m-%d %H:%M:%S", time.strptime(started, "%Y%m%d-%H%M%S"))
+            except ValueError:
+                pass
+            tasks.append(
+                {
+                    "id": run,
+                    "model": name,
+                    "status": "INTERRUPTED",
+                    "run_dir": run_dir,
+                    "details": [record.get("reason", "interrupted")],
+                    "start_ts": started,
+                    "end_ts": record.get("found", ""),
+                }
+            )
+    return sorted(tasks, key=lambda task: task["start_ts"])
+
+
 class RetrainTask(TrainTask):
     """``POST /train/<model>``: train the bundle on the datastore's normal studies; the result is served next.
 
@@ -234,7 +275,7 @@ class RetrainTask(TrainTask):
         Raises:
             ValueError: bad parameters, too few normal studies, or unusable data (named by the bundle).
         """
-        overrides = check_train_params(self.defaults, request)
+        overrides = self.check(request, datastore)
         name = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         run_dir = os.path.join(self.model.runs_dir, name)
         # held by this process and the bundle process until run.json is written: one training of the model at
@@ -244,6 +285,18 @@ class RetrainTask(TrainTask):
             return self._train(request, datastore, overrides, name, run_dir, lock)
         finally:
             lock.release()
+
+    def check(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        """What the request's training would reject, before a task starts; returns the bundle overrides.
+
+        Raises:
+            ValueError: a bad parameter (:func:`check_train_params`), too few normal studies, or a split the
+                bundle would find empty (:func:`~multiad_monai.monailabel.studies.check_split`).
+        """
+        overrides = check_train_params(self.defaults, request)
+        values = {**self.defaults, **overrides}
+        check_split(select(review(datastore)), values["calibration_fraction"], values["seed"], values["slice_range"])
+        return overrides
 
     def tracking_uri(self) -> str:
         return "sqlite:///" + os.path.join(os.path.abspath(self.model.runs_dir), "mlruns.db")

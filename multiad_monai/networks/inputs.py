@@ -1,14 +1,20 @@
 """The one check of what a trained model is fed: the layout, size and value range it was trained and calibrated
-for. TorchScript-compatible, so the exported model runs it too (:mod:`multiad_monai.export`)."""
+for. TorchScript-compatible, so the exported model runs it too (:mod:`multiad_monai.export`); the eager path
+(:meth:`multiad_monai.inference.AnomalyInferer.predict_samples`, behind the CLI, MONAI Label and the pyfunc model)
+runs it on every batch."""
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
 __all__ = ["check_images"]
 
 
-def check_images(images: torch.Tensor, height: int, width: int, tolerance: float = 0.01) -> None:
+def check_images(
+    images: torch.Tensor, height: int, width: int, tolerance: float = 0.01, refuse_range: bool = True
+) -> None:
     """Raise ``ValueError`` (naming the fix) unless ``images`` is a float ``(N, 3, height, width)`` batch with
     finite values in ``[0, 1]`` (``tolerance`` allows the overshoot of interpolation).
 
@@ -17,6 +23,8 @@ def check_images(images: torch.Tensor, height: int, width: int, tolerance: float
         height: the recipe's ``image_size`` (height), at which the model was trained and calibrated.
         width: its width.
         tolerance: how far outside ``[0, 1]`` values may lie.
+        refuse_range: values outside ``[0, 1]`` raise; ``False`` warns instead (the recipe's own preprocessing
+            made them: the scores are still computed, but on a range the calibration did not see).
     """
     expected = f"expected float images of shape (N, 3, {height}, {width}) with values in [0, 1]"
     shape = list(images.shape)
@@ -40,6 +48,7 @@ def check_images(images: torch.Tensor, height: int, width: int, tolerance: float
         raise ValueError(f"{expected}, got NaN or Inf values")
     low, high = float(images.min()), float(images.max())
     if low < -tolerance or high > 1.0 + tolerance:
-        raise ValueError(
-            f"{expected}, got values in [{low}, {high}]: scale the intensities as the recipe in multiad.json says"
-        )
+        message = f"{expected}, got values in [{low}, {high}]: scale the intensities as the recipe in multiad.json says"
+        if refuse_range:
+            raise ValueError(message)
+        warnings.warn(message, stacklevel=2)

@@ -22,6 +22,7 @@ from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 from PIL import Image
 
 from multiad_monai.transforms.dicom import DicomSeriesError, register_dicom_reader
+from multiad_monai.utils.errors import error_reason
 
 __all__ = [
     "SLICE_AXCODES",
@@ -190,7 +191,7 @@ def load_volume_for_slicing(path: str, dtype: DtypeLike | None = None) -> MetaTe
     except (DicomSeriesError, ImportError):  # their messages name the series and the fix
         raise
     except Exception as e:  # the readers raise many types for broken files
-        raise ValueError(f"cannot read {path}: {e}") from e
+        raise ValueError(f"cannot read {path}: {error_reason(e)}") from e
     if volume.ndim != 4 or volume.shape[0] != 1:
         raise ValueError(f"{path} is not a one-channel 3D volume (shape {tuple(volume.shape)} once channel-first)")
     return OrientForSlicing()(volume)

@@ -14,7 +14,7 @@ import tempfile
 import traceback
 from types import TracebackType
 
-__all__ = ["check_flags", "check_path", "check_writable", "readable_errors", "root_message"]
+__all__ = ["check_flags", "check_path", "check_writable", "error_reason", "readable_errors", "root_message"]
 
 PARSER_HINT = (
     "the MONAI bundle parser rewrites '#' in config values to '::' and evaluates values that start with '$' as "
@@ -37,6 +37,14 @@ def _chain(error: BaseException) -> list[BaseException]:
 def _raised_by_us(error: BaseException) -> bool:
     frames = traceback.extract_tb(error.__traceback__) if error.__traceback__ else []
     return bool(frames) and frames[-1].filename.startswith(_PACKAGE_DIR)
+
+
+def error_reason(error: BaseException) -> str:
+    """An error's message, never empty: a reader that runs out of memory (nibabel allocates what a file's header
+    declares before reading) raises a bare ``MemoryError``."""
+    if isinstance(error, MemoryError):
+        return "its header declares more data than fits in memory (a damaged header?)"
+    return str(error) or type(error).__name__
 
 
 def root_message(error: BaseException) -> str:

@@ -18,6 +18,7 @@ from data_prep.common import (
     percentile_to_uint8,
     prepare_output_dir,
     read_mask,
+    run_converter,
     scale_to_uint8,
     split_ids,
     write_png,
@@ -256,3 +257,16 @@ def test_check_volume_pair_rejects_a_label_in_another_orientation(tmp_path):
     )
     with pytest.raises(ValueError, match=r"label.nii.gz has shape \(5, 6, 7\) .* another orientation"):
         check_volume_pair(str(tmp_path / "image.nii.gz"), str(tmp_path / "label.nii.gz"))
+
+
+def test_run_converter_ends_any_error_with_its_message_as_the_last_line(tmp_path, capsys):
+    """A reader's own error type (SimpleITK raises RuntimeError) ends in one line naming the file, exit code 1."""
+    import SimpleITK as sitk
+
+    broken = tmp_path / "scan.mha"
+    broken.write_bytes(b"ObjectType = Image\nNDims = 3\n")
+    assert run_converter("data_prep.test", lambda: {"n": sitk.ReadImage(str(broken)).GetSize()[0]}) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("data_prep.test: error: RuntimeError: ") and "(the full traceback is above)" in last
+    assert str(broken) in last or "scan.mha" in last
+    assert run_converter("data_prep.test", lambda: {"train/good": 3}) == 0

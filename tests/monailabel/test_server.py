@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -50,7 +51,6 @@ def write_studies(folder: str) -> None:
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.float32), np.eye(4)), os.path.join(folder, "fourd.nii.gz"))
     with open(os.path.join(folder, "corrupt.nii.gz"), "wb") as f:
         f.write(b"not a NIfTI file" * 8)
-
 
 
 @dataclass
@@ -246,14 +246,28 @@ def test_upload_then_infer(server, tmp_path):
     assert server.post("/infer/brain?image=uploaded&output=json").json()["dimension"] == 3
 
 
+def huge_header() -> bytes:
+    """A NIfTI file of 64 voxels whose header declares 30000^3 (a damaged header, 100 TB to allocate)."""
+    image = nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4))
+    data = bytearray(image.header.binaryblock + b"\0" * 4 + np.zeros(64, np.float32).tobytes())
+    struct.pack_into("<8h", data, 40, 3, 30000, 30000, 30000, 1, 1, 1, 1)  # dim[0..7]
+    return bytes(data)
+
+
 BAD_REQUESTS = [
     ("/infer/nope?image=lesion0", {}, 404, "unknown model 'nope'; available: ['brain', 'mvtec']"),
     ("/infer/brain?image=nope", {}, 404, "image 'nope' is not in the datastore"),
     ("/infer/brain", {}, 400, "give an image id"),
     ("/infer/brain?image=fourd", {}, 422, "expected a 3D volume"),
     ("/infer/brain?image=corrupt", {}, 422, "cannot load corrupt.nii.gz"),
-    ("/infer/brain", {"files": {"file": ("upload.nii.gz", b"garbage")}}, 422, "cannot load"),
-    ("/infer/brain", {"files": {"file": ("notes.txt", b"hello")}}, 422, "unsupported file type"),
+    ("/infer/brain", {"files": {"file": ("upload.nii.gz", b"garbage")}}, 422, "cannot load upload.nii.gz: "),
+    ("/infer/brain", {"files": {"file": ("notes.txt", b"hello")}}, 422, "unsupported file type 'notes.txt'"),
+    (
+        "/infer/brain",
+        {"files": {"file": ("huge.nii", huge_header())}},
+        422,
+        "cannot load huge.nii: its header declares more data than fits in memory",
+    ),
     ("/infer/brain?image=lesion0", {"data": {"params": '{"result": "map"}'}}, 400, "params.result must be one of"),
     ("/infer/brain?image=lesion0", {"data": {"params": '{"threshold": 2}'}}, 400, "params.threshold must be"),
     ("/infer/brain?image=lesion0", {"data": {"params": "{bad"}}, 400, "params is not valid JSON"),

@@ -68,6 +68,25 @@ def test_bad_train_params_answer_json_400_and_start_no_task(server, path, body, 
     assert status.status_code == 404 and status.json()["detail"] == "No Train Tasks Found"
 
 
+EMPTY_SPLITS = [  # three normal studies of 12 slices each; what the training bundle would stop on
+    ({"calibration_fraction": 0.9}, "has 3 normal training volumes; at least 4 are needed"),
+    ({"slice_range": [50, 60]}, "no normal train samples left in the datastore (3 studies marked normal)"),
+]
+
+
+@pytest.mark.parametrize("path", ["/train/brain", "/train/"])
+@pytest.mark.parametrize("params, message", EMPTY_SPLITS)
+def test_a_split_the_bundle_would_find_empty_answers_json_400_before_a_task_starts(server, path, params, message):
+    body = params if path == "/train/brain" else {"brain": params}
+    response = server.post(path, json=body)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["detail"]
+    status = server.get("/train/")
+    assert status.status_code == 404 and status.json()["detail"] == "No Train Tasks Found"
+    runs_dir = os.path.join(server.app, "model", "brain")
+    assert not os.path.isdir(runs_dir) or not [n for n in os.listdir(runs_dir) if os.path.isdir(f"{runs_dir}/{n}")]
+
+
 def test_a_task_failing_in_the_training_process_reports_its_message_in_get_train(server):
     response = server.post("/train/brain", json={**TINY, "epochs": 1, "teacher": "no-such-teacher"})
     assert response.status_code == 200, response.text
@@ -124,6 +143,12 @@ def test_kill_9_of_the_server_during_train_ends_the_training_and_a_restart_marks
         record = json.load(open(os.path.join(runs_dir, run, "interrupted.json"), encoding="utf-8"))
         assert record["status"] == "INTERRUPTED"
         assert restarted.get("/info/").json()["models"]["brain"]["checkpoint"] == base  # still the base model
+        task = restarted.get("/train/")  # MONAI Label's tasks died with the server: the run is reported from disk
+        assert task.status_code == 200, task.text
+        task = task.json()
+        assert (task["id"], task["model"], task["status"]) == (run, "brain", "INTERRUPTED")
+        assert task["run_dir"] == os.path.join(runs_dir, run) and "server stopped or killed" in task["details"][-1]
+        assert [t["id"] for t in restarted.get("/train/?all=true").json()] == [run]
         client = mlflow.MlflowClient(tracking_uri="sqlite:///" + os.path.join(runs_dir, "mlruns.db"))
         (mlflow_run,) = client.search_runs([client.get_experiment_by_name("multiad_brain").experiment_id])
         assert mlflow_run.info.run_name == f"brain-{run}" and mlflow_run.info.status == "KILLED"
