@@ -64,8 +64,9 @@ def check_path(path: str | None, key: str) -> str | None:
 
 
 def check_writable(path: str, key: str, folder: bool = False) -> str:
-    """``path`` unchanged when it can be written (its folder is created), else a ``ValueError`` naming ``key``:
-    called before the work, so an output that cannot be written is not found out after it.
+    """``path`` unchanged when it can be written, else a ``ValueError`` naming ``key``: called before the work, so
+    an output that cannot be written is not found out after it. Nothing is created: a missing folder is judged by
+    its nearest existing parent.
 
     Args:
         path: a file to write, or with ``folder`` a folder to write into.
@@ -83,8 +84,7 @@ def check_writable(path: str, key: str, folder: bool = False) -> str:
     if not os.path.isdir(ancestor):
         raise ValueError(f"{key} {path} cannot be written: {ancestor} is a file, not a folder; pass another {key}")
     try:
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+        with tempfile.NamedTemporaryFile(dir=ancestor, prefix=".write-test-"):
             pass
     except OSError as e:
         raise ValueError(
