@@ -12,14 +12,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from multiad_monai.transforms.array import SLICE_AXCODES, SLICE_AXIS
-
-__all__ = ["Recipe", "RECIPE_VERSION", "INTENSITY_MODES", "PRIOR_REFERENCES", "RESIZE_MODES", "check_given"]
+__all__ = [
+    "Recipe",
+    "RECIPE_VERSION",
+    "INTENSITY_MODES",
+    "PRIOR_REFERENCES",
+    "RESIZE_MODES",
+    "SLICE_AXCODES",
+    "SLICE_AXIS",
+    "check_given",
+]
 
 RECIPE_VERSION = 1
 INTENSITY_MODES = ("percentile", "dtype", "hu")
 RESIZE_MODES = ("stretch", "pad")
 PRIOR_REFERENCES = ("mean", "nearest", "auto")
+
+# the slice convention: data_prep, the dataset transforms and inference all cut volumes this way
+SLICE_AXCODES = "PLS"
+"""Orientation of a volume before slicing: spatial axis 0 runs anterior -> posterior (slice rows, top = anterior),
+axis 1 runs the patient's right -> left (slice columns, left = patient right: radiological display), axis 2 runs
+inferior -> superior (slice index 0 = most inferior)."""
+
+SLICE_AXIS = 2
+"""Spatial axis (of a channel-first volume ``(C, H, W, D)``: tensor dimension ``SLICE_AXIS + 1``) cut into axial
+slices after :class:`~multiad_monai.transforms.OrientForSlicing`."""
 
 
 def _tuple(value: Any, cast: type) -> tuple | None:
