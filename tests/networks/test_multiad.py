@@ -18,12 +18,13 @@ from multiad_monai.networks import (
     prior_gain,
 )
 from multiad_monai.networks.anomaly_map import NEAREST_RATIO
+from multiad_monai.recipe import Recipe
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return MultiAD(image_size=8)
+    return MultiAD(Recipe.paper(image_size=8))
 
 
 def test_training_forward_returns_features_and_keeps_teacher_in_eval(model):
@@ -44,14 +45,14 @@ def test_eval_forward_returns_map_and_score(model):
 
 def test_calibration_buffers_travel_in_the_state_dict(model, tmp_path):
     with pytest.raises(RuntimeError, match="not calibrated"):
-        MultiAD().normalize_score(torch.tensor([1.0]))
+        MultiAD(Recipe.paper()).normalize_score(torch.tensor([1.0]))
     scores = torch.tensor([1.0, 2.0, 3.0])
     model.calibrate(scores, torch.rand(3, 1, 8, 8))
     assert model.normalize_score(scores.mean()).item() == pytest.approx(0.0)
     assert model.normalize_score(model.image_threshold).item() == pytest.approx(0.5)
     path = tmp_path / "model.pt"
     torch.save(model.state_dict(), path)
-    other = MultiAD(image_size=8)
+    other = MultiAD(Recipe.paper(image_size=8))
     other.load_state_dict(torch.load(path, weights_only=True))
     assert other.is_calibrated and other.image_threshold.item() == pytest.approx(model.image_threshold.item())
 
@@ -113,7 +114,7 @@ def test_standardized_fusion_divides_each_student_scale_by_its_normal_std():
 
 def test_standardized_fusion_is_calibrated_and_travels_with_the_model(tmp_path):
     torch.manual_seed(0)
-    network = MultiAD(image_size=32, prior_weight=1.0, adaptive_prior=True, fusion="standardized")
+    network = MultiAD(Recipe.paper(image_size=32, prior_weight=1.0, adaptive_prior=True, fusion="standardized"))
     normal = torch.rand(6, 3, 32, 32)
     loader = DataLoader([{"image": x} for x in normal], batch_size=3)
     CalibrationHandler(network, loader, train_data_loader=loader)(None)
@@ -124,7 +125,8 @@ def test_standardized_fusion_is_calibrated_and_travels_with_the_model(tmp_path):
     path = tmp_path / "model.pt"
     torch.save(network.state_dict(), path)
     other = MultiAD(
-        image_size=32, prior_weight=1.0, adaptive_prior=True, fusion="standardized", pretrained_teacher=False
+        Recipe.paper(image_size=32, prior_weight=1.0, adaptive_prior=True, fusion="standardized"),
+        pretrained_teacher=False,
     )
     other.load_state_dict(torch.load(path, weights_only=True))
     with torch.no_grad():
@@ -141,7 +143,7 @@ def test_student_eval_features_follow_training():
     """After a short training run and calibration, eval-mode (running-stat) student features match the
     train-mode ones the student was trained to produce: the anomaly map is computed in eval mode."""
     torch.manual_seed(0)
-    network = MultiAD(image_size=32)
+    network = MultiAD(Recipe.paper(image_size=32))
     optimizer = torch.optim.Adam(network.student.parameters(), 1e-3)
     images = torch.rand(8, 3, 32, 32)
     network.train()
@@ -163,7 +165,7 @@ def test_student_eval_features_follow_training():
 @pytest.mark.parametrize("adaptive_prior", [False, True])
 def test_teacher_prior_is_fitted_from_cached_teacher_features(adaptive_prior):
     torch.manual_seed(0)
-    network = MultiAD(image_size=32, prior_weight=1.0, adaptive_prior=adaptive_prior)
+    network = MultiAD(Recipe.paper(image_size=32, prior_weight=1.0, adaptive_prior=adaptive_prior))
     normal = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         teacher = network.eval().teacher(normal)
@@ -178,7 +180,7 @@ def test_teacher_prior_is_fitted_from_cached_teacher_features(adaptive_prior):
 
 def test_teacher_prior_is_the_baseline_map_and_travels_with_the_model(tmp_path):
     torch.manual_seed(0)
-    network = MultiAD(image_size=32, prior_weight=1.0)
+    network = MultiAD(Recipe.paper(image_size=32, prior_weight=1.0))
     normal = torch.rand(6, 3, 32, 32)
     loader = DataLoader([{"image": x} for x in normal], batch_size=3)
     network.eval()
@@ -201,18 +203,18 @@ def test_teacher_prior_is_the_baseline_map_and_travels_with_the_model(tmp_path):
         out = network(normal)
     path = tmp_path / "model.pt"
     torch.save(network.state_dict(), path)
-    other = MultiAD(image_size=32, prior_weight=1.0, pretrained_teacher=False)
+    other = MultiAD(Recipe.paper(image_size=32, prior_weight=1.0), pretrained_teacher=False)
     other.load_state_dict(torch.load(path, weights_only=True))
     other.eval()
     with torch.no_grad():
         assert torch.allclose(other(normal).pred_score, out.pred_score)
     with pytest.raises(ValueError, match="prior_weight: network 0.0, checkpoint 1.0"):
-        MultiAD(image_size=32).load_state_dict(torch.load(path, weights_only=True))
+        MultiAD(Recipe.paper(image_size=32)).load_state_dict(torch.load(path, weights_only=True))
 
 
 def test_teacher_prior_uses_every_training_image():
     torch.manual_seed(0)
-    network = MultiAD(image_size=32, prior_weight=1.0)
+    network = MultiAD(Recipe.paper(image_size=32, prior_weight=1.0))
     normal = torch.rand(7, 3, 32, 32)
     loader = DataLoader([{"image": x} for x in normal], batch_size=3)  # 3 + 3 + a short batch of 1
     CalibrationHandler(network, loader, train_data_loader=loader)(None)
@@ -235,7 +237,7 @@ def test_nearest_distance_searches_the_bank_at_and_next_to_each_location():
 
 def test_nearest_prior_keeps_a_bank_of_the_training_images_and_travels_with_the_model(tmp_path):
     torch.manual_seed(0)
-    network = MultiAD(image_size=32, prior_weight=1.0, prior_reference="nearest")
+    network = MultiAD(Recipe.paper(image_size=32, prior_weight=1.0, prior_reference="nearest"))
     normal = torch.rand(7, 3, 32, 32)
     train = DataLoader([{"image": x} for x in normal[:5]], batch_size=2)
     network.eval()
@@ -273,7 +275,7 @@ def _scene(count: int, texture: bool) -> torch.Tensor:
 @pytest.mark.parametrize("texture", [False, True])
 def test_auto_prior_reference_takes_the_nearest_neighbour_where_normal_images_differ_by_place(texture):
     torch.manual_seed(0)
-    network = MultiAD(image_size=64, prior_weight=1.0, prior_reference="auto").eval()
+    network = MultiAD(Recipe.paper(image_size=64, prior_weight=1.0, prior_reference="auto")).eval()
     train, held_out = (DataLoader([{"image": x} for x in _scene(n, texture)], batch_size=4) for n in (8, 4))
     head = network.anomaly_map
     with torch.no_grad():
@@ -290,7 +292,7 @@ def test_auto_prior_reference_takes_the_nearest_neighbour_where_normal_images_di
 
 def test_prior_reference_must_be_known():
     with pytest.raises(ValueError, match="prior_reference"):
-        MultiAD(image_size=8, prior_weight=1.0, prior_reference="median")
+        MultiAD(Recipe.paper(image_size=8, prior_weight=1.0, prior_reference="median"))
 
 
 def test_prior_gain_rises_with_the_students_generalisation_gap():
@@ -314,7 +316,7 @@ def test_adaptive_prior_weights_the_prior_up_when_the_student_memorised():
 
 def test_prior_weight_must_not_be_negative():
     with pytest.raises(ValueError, match="prior_weight"):
-        MultiAD(image_size=8, prior_weight=-1)
+        MultiAD(Recipe.paper(image_size=8, prior_weight=-1))
 
 
 def test_cached_teacher_features_replace_the_teacher_in_training():
@@ -322,7 +324,7 @@ def test_cached_teacher_features_replace_the_teacher_in_training():
     from multiad_monai.engines import MultiADTrainer
 
     torch.manual_seed(0)
-    network = MultiAD(image_size=32)
+    network = MultiAD(Recipe.paper(image_size=32))
     images = [{"image": torch.rand(3, 32, 32)} for _ in range(4)]
     cached = with_teacher_features(Dataset(images), network.teacher)  # the teacher runs here, once per image
     calls = []
