@@ -31,6 +31,7 @@ from monai.data import DataLoader
 
 from multiad_monai.engines import MultiADTrainer
 from multiad_monai.networks import TEACHERS, MultiAD
+from multiad_monai.recipe import Recipe
 
 
 def _sync(device: torch.device) -> None:
@@ -173,8 +174,7 @@ def main() -> dict:
 
     torch.manual_seed(args.seed)
     network = MultiAD(
-        teacher=args.teacher,
-        image_size=args.image_size,
+        Recipe.paper(teacher=args.teacher, image_size=args.image_size),
         teacher_weights=args.teacher_weights,
         allow_download=args.allow_download,
     )

@@ -24,7 +24,7 @@ from monai.data import DataLoader, MetaTensor
 from monai.transforms import Compose
 from PIL import Image
 
-from multiad_monai.checkpoint import checkpoint_sha256
+from multiad_monai.checkpoint import checkpoint_sha256, load_model
 from multiad_monai.data.datasets import NamedErrorDataset, apply_named
 from multiad_monai.data.layouts import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, file_stem
 from multiad_monai.dicom_output import write_heatmap, write_segmentation
@@ -51,6 +51,7 @@ __all__ = [
     "input_source",
     "is_volume",
     "list_inputs",
+    "load_inferer",
     "output_names",
 ]
 
@@ -352,3 +353,20 @@ class AnomalyInferer:
         normalized = self.network.normalize_map(raw).cpu().numpy()
         write_segmentation(series, normalized > 0.5, f"{prefix}_seg.dcm", 0.5, self.checkpoint_sha256)
         write_heatmap(series, normalized, f"{prefix}_heatmap.dcm", self.checkpoint_sha256)
+
+
+def load_inferer(ckpt_path: str, device: str | torch.device = "cpu", batch_size: int = 16) -> AnomalyInferer:
+    """The one place a trained model is loaded for use (MLflow pyfunc, MONAI Label app): network, calibration and
+    preprocessing recipe from the checkpoint.
+
+    Args:
+        ckpt_path: the calibrated checkpoint written at the end of training (it carries its recipe).
+        device: where to run.
+        batch_size: images per forward pass.
+
+    Raises:
+        FileNotFoundError: no file at ``ckpt_path``.
+        ValueError: the file is corrupt, not calibrated, or written before checkpoints carried their recipe.
+    """
+    network = load_model(ckpt_path, device=device)
+    return AnomalyInferer(network, device=device, batch_size=batch_size, checkpoint=ckpt_path)

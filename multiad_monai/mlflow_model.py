@@ -1,7 +1,7 @@
 """A trained Multi-AD model as an MLflow ``pyfunc`` model: image paths in, scores out, no bundle configs needed.
 
 The model folder holds the calibrated checkpoint, which carries its recipe (network and preprocessing), as its
-artifact; :func:`load_inferer` is the one place that turns it back into an inferer::
+artifact; :func:`multiad_monai.inference.load_inferer` turns it back into an inferer::
 
     model = mlflow.pyfunc.load_model("runs:/<run_id>/model")  # or "models:/<name>/<version>"
     scores = model.predict(pd.DataFrame({"image": ["a.png", "b.png"]}))  # columns: image, score,
@@ -31,9 +31,9 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
 from multiad_monai import __version__
-from multiad_monai.checkpoint import load_model, read_recipe
+from multiad_monai.checkpoint import read_recipe
 from multiad_monai.data.layouts import VOLUME_EXTENSIONS
-from multiad_monai.inference import AnomalyInferer, Input, input_source, list_inputs
+from multiad_monai.inference import Input, input_source, list_inputs, load_inferer
 from multiad_monai.transforms.dicom import is_dicom_input
 
 __all__ = ["MultiADPyfunc", "load_inferer", "log_pyfunc_model", "SIGNATURE", "ARTIFACT_PATH"]
@@ -67,18 +67,6 @@ from multiad_monai.mlflow_model import MultiADPyfunc
 
 set_model(MultiADPyfunc())
 """
-
-
-def load_inferer(ckpt_path: str, device: str | torch.device = "cpu", batch_size: int = 16) -> AnomalyInferer:
-    """The one place the pyfunc model loads weights: network, calibration and preprocessing from the checkpoint.
-
-    Args:
-        ckpt_path: the calibrated checkpoint written at the end of training (it carries its recipe).
-        device: where to run.
-        batch_size: images per forward pass.
-    """
-    network = load_model(ckpt_path, device=device)
-    return AnomalyInferer(network, device=device, batch_size=batch_size, checkpoint=ckpt_path)
 
 
 def _paths(model_input: Any) -> list[str]:

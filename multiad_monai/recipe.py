@@ -12,14 +12,35 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from multiad_monai.transforms.array import SLICE_AXCODES, SLICE_AXIS
-
-__all__ = ["Recipe", "RECIPE_VERSION", "INTENSITY_MODES", "PRIOR_REFERENCES", "RESIZE_MODES", "check_given"]
+__all__ = [
+    "Recipe",
+    "PRESETS",
+    "RECIPE_VERSION",
+    "INTENSITY_MODES",
+    "PRIOR_REFERENCES",
+    "RESIZE_MODES",
+    "SLICE_AXCODES",
+    "SLICE_AXIS",
+    "check_given",
+]
 
 RECIPE_VERSION = 1
 INTENSITY_MODES = ("percentile", "dtype", "hu")
 RESIZE_MODES = ("stretch", "pad")
 PRIOR_REFERENCES = ("mean", "nearest", "auto")
+PRESETS = ("project", "paper")
+"""Named settings: ``"project"`` (the defaults, this project's additions switched on) and ``"paper"`` (the
+published Multi-AD model: plain sum of the scales, no teacher prior), see :meth:`Recipe.preset`."""
+
+# the slice convention: data_prep, the dataset transforms and inference all cut volumes this way
+SLICE_AXCODES = "PLS"
+"""Orientation of a volume before slicing: spatial axis 0 runs anterior -> posterior (slice rows, top = anterior),
+axis 1 runs the patient's right -> left (slice columns, left = patient right: radiological display), axis 2 runs
+inferior -> superior (slice index 0 = most inferior)."""
+
+SLICE_AXIS = 2
+"""Spatial axis (of a channel-first volume ``(C, H, W, D)``: tensor dimension ``SLICE_AXIS + 1``) cut into axial
+slices after :class:`~multiad_monai.transforms.OrientForSlicing`."""
 
 
 def _tuple(value: Any, cast: type) -> tuple | None:
@@ -29,6 +50,9 @@ def _tuple(value: Any, cast: type) -> tuple | None:
 @dataclass(frozen=True)
 class Recipe:
     """Preprocessing, network and head settings of a Multi-AD model.
+
+    The defaults are this project's model (``Recipe.preset("project")``); :meth:`paper` gives the published one.
+    The bundles start from the same values (``bundles/common/train.json``, ``--preset paper`` for the paper's).
 
     Args:
         image_size: network input ``(H, W)`` (an int means a square).
@@ -78,14 +102,14 @@ class Recipe:
     student_se: bool = True
     discriminator_channels: tuple[int, ...] = (128, 128)
     discriminator_spectral_norm: bool = False
-    fusion: str = "sum"
+    fusion: str = "standardized"
     sigma: float = 4.0
     score: str = "max"
     topk_ratio: float = 0.01
     threshold_sigmas: float = 3.0
-    prior_weight: float = 0.0
-    prior_reference: str = "mean"
-    adaptive_prior: bool = False
+    prior_weight: float = 1.0
+    prior_reference: str = "auto"
+    adaptive_prior: bool = True
 
     def __post_init__(self) -> None:
         # normalise JSON / bundle values (lists, ints for floats) so equal recipes compare equal
@@ -125,6 +149,22 @@ class Recipe:
             if not high > low:
                 raise ValueError(f"{name} must be (low, high) with high > low, got {getattr(self, name)}")
 
+    @classmethod
+    def paper(cls, **changes: Any) -> Recipe:
+        """The published Multi-AD model: the plain sum of the student's per-scale maps, no teacher prior.
+
+        Args:
+            changes: other fields (``image_size``, ``intensity``, ...), or these ones overridden.
+        """
+        return cls(**{**_PAPER, **changes})
+
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> Recipe:
+        """The recipe of a named preset (:data:`PRESETS`) with ``changes`` applied on top."""
+        if name not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
+        return cls.paper(**changes) if name == "paper" else cls(**changes)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON / ``weights_only`` types: tuples become lists."""
         return {
@@ -133,12 +173,16 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "the recipe") -> Recipe:
-        """Inverse of :meth:`to_dict`; unknown keys are an error naming ``source``."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming ``source``.
+
+        A key missing from ``values`` (a checkpoint written before the field existed) takes the paper's value: the
+        field's addition was off then.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"{source} holds unknown recipe keys {unknown}; known keys: {sorted(names)}")
-        return cls(**values)
+        return cls.paper(**values)
 
     def replace(self, **changes: Any) -> Recipe:
         return dataclasses.replace(self, **changes)
@@ -147,6 +191,10 @@ class Recipe:
         """``{key: (this value, other value)}`` for every key where the two recipes differ."""
         mine, theirs = self.to_dict(), other.to_dict()
         return {key: (mine[key], theirs[key]) for key in mine if mine[key] != theirs[key]}
+
+
+_PAPER = {"fusion": "sum", "prior_weight": 0.0, "prior_reference": "mean", "adaptive_prior": False}
+"""Where the paper's model differs from :class:`Recipe`'s defaults (the project's)."""
 
 
 def check_given(recipe: Recipe, given: Mapping[str, Any], source: str) -> Recipe:

@@ -24,7 +24,7 @@ from tests.conftest import write_mvtec, write_volumes
 @pytest.fixture(scope="module")
 def inferer() -> AnomalyInferer:
     torch.manual_seed(0)
-    network = MultiAD(image_size=32, intensity="dtype")
+    network = MultiAD(Recipe.paper(image_size=32, intensity="dtype"))
     network.normalizer.fit_thresholds(torch.rand(4) + 1, torch.rand(4, 1, 32, 32))
     return AnomalyInferer(network, batch_size=2)
 
@@ -122,7 +122,7 @@ def test_too_few_training_images_names_the_minimum(tmp_path, caplog):
 
 def test_uncalibrated_or_corrupt_checkpoint_is_refused_before_evaluation(mvtec_dir, tmp_path):
     uncalibrated = str(tmp_path / "uncalibrated.pt")
-    torch.save(MultiAD(image_size=32).state_dict(), uncalibrated)
+    torch.save(MultiAD(Recipe.paper(image_size=32)).state_dict(), uncalibrated)
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\0" * 100)
     for ckpt, message in ((uncalibrated, "is not calibrated"), (str(corrupt), "cannot be read as a weights-only")):

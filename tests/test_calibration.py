@@ -8,11 +8,12 @@ from multiad_monai.calibration import calibrate
 from multiad_monai.data import with_teacher_features
 from multiad_monai.handlers import CalibrationHandler
 from multiad_monai.networks import MultiAD
+from multiad_monai.recipe import Recipe
 
 
 def test_standardized_fusion_is_calibrated_and_travels_with_the_model(tmp_path):
     torch.manual_seed(0)
-    network = MultiAD(image_size=32, prior_weight=1.0, adaptive_prior=True, fusion="standardized")
+    network = MultiAD(Recipe.paper(image_size=32, prior_weight=1.0, adaptive_prior=True, fusion="standardized"))
     normal = torch.rand(6, 3, 32, 32)
     loader = DataLoader([{"image": x} for x in normal], batch_size=3)
     CalibrationHandler(network, loader, train_data_loader=loader)(None)
@@ -23,7 +24,8 @@ def test_standardized_fusion_is_calibrated_and_travels_with_the_model(tmp_path):
     path = tmp_path / "model.pt"
     torch.save(network.state_dict(), path)
     other = MultiAD(
-        image_size=32, prior_weight=1.0, adaptive_prior=True, fusion="standardized", pretrained_teacher=False
+        Recipe.paper(image_size=32, prior_weight=1.0, adaptive_prior=True, fusion="standardized"),
+        pretrained_teacher=False,
     )
     other.load_state_dict(torch.load(path, weights_only=True))
     with torch.no_grad():
@@ -34,7 +36,7 @@ def test_student_eval_features_follow_training():
     """After a short training run and calibration, eval-mode (running-stat) student features match the
     train-mode ones the student was trained to produce: the anomaly map is computed in eval mode."""
     torch.manual_seed(0)
-    network = MultiAD(image_size=32)
+    network = MultiAD(Recipe.paper(image_size=32))
     optimizer = torch.optim.Adam(network.student.parameters(), 1e-3)
     images = torch.rand(8, 3, 32, 32)
     network.train()
@@ -56,7 +58,7 @@ def test_student_eval_features_follow_training():
 @pytest.mark.parametrize("adaptive_prior", [False, True])
 def test_teacher_prior_is_fitted_from_cached_teacher_features(adaptive_prior):
     torch.manual_seed(0)
-    network = MultiAD(image_size=32, prior_weight=1.0, adaptive_prior=adaptive_prior)
+    network = MultiAD(Recipe.paper(image_size=32, prior_weight=1.0, adaptive_prior=adaptive_prior))
     normal = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         teacher = network.eval().teacher(normal)
@@ -71,7 +73,7 @@ def test_teacher_prior_is_fitted_from_cached_teacher_features(adaptive_prior):
 
 def test_teacher_prior_is_the_baseline_map_and_travels_with_the_model(tmp_path):
     torch.manual_seed(0)
-    network = MultiAD(image_size=32, prior_weight=1.0)
+    network = MultiAD(Recipe.paper(image_size=32, prior_weight=1.0))
     normal = torch.rand(6, 3, 32, 32)
     loader = DataLoader([{"image": x} for x in normal], batch_size=3)
     network.eval()
@@ -95,18 +97,18 @@ def test_teacher_prior_is_the_baseline_map_and_travels_with_the_model(tmp_path):
         out = network(normal)
     path = tmp_path / "model.pt"
     torch.save(network.state_dict(), path)
-    other = MultiAD(image_size=32, prior_weight=1.0, pretrained_teacher=False)
+    other = MultiAD(Recipe.paper(image_size=32, prior_weight=1.0), pretrained_teacher=False)
     other.load_state_dict(torch.load(path, weights_only=True))
     other.eval()
     with torch.no_grad():
         assert torch.allclose(other(normal).pred_score, out.pred_score)
     with pytest.raises(ValueError, match="prior_weight: network 0.0, checkpoint 1.0"):
-        MultiAD(image_size=32).load_state_dict(torch.load(path, weights_only=True))
+        MultiAD(Recipe.paper(image_size=32)).load_state_dict(torch.load(path, weights_only=True))
 
 
 def test_calibrate_fits_every_part_in_order_and_reports_its_choices():
     torch.manual_seed(0)
-    network = MultiAD(image_size=32, prior_weight=1.0, prior_reference="auto", adaptive_prior=True)
+    network = MultiAD(Recipe.paper(image_size=32, prior_weight=1.0, prior_reference="auto", adaptive_prior=True))
     normal = DataLoader([{"image": x} for x in torch.rand(6, 3, 32, 32)], batch_size=3)
     with pytest.raises(ValueError, match="needs the training images"):
         calibrate(network, normal)
@@ -118,11 +120,11 @@ def test_calibrate_fits_every_part_in_order_and_reports_its_choices():
     with torch.no_grad():
         scores = torch.cat([network(b["image"]).pred_score for b in normal])
     assert network.normalizer.score_mean.item() == pytest.approx(scores.mean().item(), rel=1e-5)
-    plain = MultiAD(image_size=32)
+    plain = MultiAD(Recipe.paper(image_size=32))
     assert calibrate(plain, normal) == (6, None, None) and plain.is_calibrated
 
 
 def test_calibration_maps_must_have_the_recipes_size():
-    network = MultiAD(image_size=32)
+    network = MultiAD(Recipe.paper(image_size=32))
     with pytest.raises(ValueError, match="calibration maps are \\(16, 16\\), the recipe's image_size is \\(32, 32\\)"):
         calibrate(network, [{"image": torch.rand(2, 3, 16, 16)}])

@@ -12,7 +12,7 @@ from multiad_monai.networks import MultiAD
 from multiad_monai.recipe import Recipe
 from tests.bundles.helpers import ROOT
 
-RECIPE = Recipe(image_size=(32, 48), intensity="hu", hu_window=(-100, 200), resize_mode="pad", fusion="product")
+RECIPE = Recipe.paper(image_size=(32, 48), intensity="hu", hu_window=(-100, 200), resize_mode="pad", fusion="product")
 
 
 def _calibrated(recipe: Recipe) -> MultiAD:
@@ -61,13 +61,13 @@ def test_given_values_that_agree_or_are_unset_are_accepted(checkpoint):
 
 def test_loading_into_a_network_of_another_recipe_is_refused(checkpoint):
     with pytest.raises(ValueError, match="another recipe .*image_size"):
-        MultiAD(image_size=32).load_state_dict(torch.load(checkpoint, weights_only=True))
+        MultiAD(Recipe.paper(image_size=32)).load_state_dict(torch.load(checkpoint, weights_only=True))
 
 
 @pytest.fixture
 def old_checkpoint(tmp_path) -> str:
     """A checkpoint as the first release wrote it: no recipe, an ``input_size`` buffer."""
-    state = _calibrated(Recipe(image_size=32, intensity="dtype")).state_dict()
+    state = _calibrated(Recipe.paper(image_size=32, intensity="dtype")).state_dict()
     del state["_extra_state"]
     state["input_size"] = torch.tensor([32, 32])
     path = str(tmp_path / "old.pt")

@@ -25,6 +25,7 @@ from multiad_monai.checkpoint import checkpoint_sha256  # noqa: E402
 from multiad_monai.inference import AnomalyInferer, list_inputs  # noqa: E402
 from multiad_monai.mlflow_model import MultiADPyfunc  # noqa: E402
 from multiad_monai.networks import MultiAD  # noqa: E402
+from multiad_monai.recipe import Recipe  # noqa: E402
 from multiad_monai.transforms.dicom import register_dicom_reader  # noqa: E402
 from tests.dicom import ct_volume, write_series  # noqa: E402
 
@@ -44,7 +45,7 @@ def study(tmp_path_factory) -> str:
 def inferer(tmp_path_factory, study) -> AnomalyInferer:
     """A tiny calibrated model whose pixel threshold lies inside the study's maps, so the label is partial."""
     torch.manual_seed(0)
-    network = MultiAD(image_size=32)
+    network = MultiAD(Recipe.paper(image_size=32))
     network.normalizer.fit_thresholds(torch.rand(8) + 1.0, torch.rand(8, 1, 32, 32))
     raw = torch.from_numpy(AnomalyInferer(network).predict_volume(os.path.join(study, "ct")).anomaly_map)
     level = torch.quantile(raw.flatten(), 0.97)

@@ -18,6 +18,7 @@ from monai.networks.nets import SEResNet50
 from multiad_monai.checkpoint import load_checkpoint, load_model
 from multiad_monai.export import METADATA_FILE, ExportableMultiAD, export_torchscript, main
 from multiad_monai.networks import MultiAD
+from multiad_monai.recipe import Recipe
 
 IMAGE_SIZE = 32
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +68,7 @@ def _calibrated(network: MultiAD) -> MultiAD:
 def checkpoint(tmp_path_factory) -> str:
     torch.manual_seed(0)
     path = str(tmp_path_factory.mktemp("ckpt") / "model.pt")
-    torch.save(_calibrated(MultiAD(image_size=IMAGE_SIZE)).state_dict(), path)
+    torch.save(_calibrated(MultiAD(Recipe.paper(image_size=IMAGE_SIZE))).state_dict(), path)
     return path
 
 
@@ -161,7 +162,7 @@ def test_exportable_module_is_a_snapshot_of_the_network(exported):
 
 def test_uncalibrated_network_cannot_be_exported(tmp_path):
     with pytest.raises(ValueError, match="not calibrated"):
-        export_torchscript(MultiAD(image_size=IMAGE_SIZE), str(tmp_path / "model.ts"))
+        export_torchscript(MultiAD(Recipe.paper(image_size=IMAGE_SIZE)), str(tmp_path / "model.ts"))
     assert not os.listdir(tmp_path)
 
 
@@ -169,14 +170,14 @@ def _seresnet50_checkpoint(folder) -> str:
     weights = str(folder / "seresnet50_random.pt")
     torch.save(SEResNet50(spatial_dims=2, in_channels=3, num_classes=1000).state_dict(), weights)
     path = str(folder / "seresnet50_model.pt")
-    network = MultiAD(teacher="seresnet50", teacher_weights=weights, image_size=IMAGE_SIZE)
+    network = MultiAD(Recipe.paper(teacher="seresnet50", image_size=IMAGE_SIZE), teacher_weights=weights)
     torch.save(_calibrated(network).state_dict(), path)
     return path
 
 
 def _uncalibrated_checkpoint(folder) -> str:
     path = str(folder / "uncalibrated.pt")
-    torch.save(MultiAD(image_size=IMAGE_SIZE).state_dict(), path)
+    torch.save(MultiAD(Recipe.paper(image_size=IMAGE_SIZE)).state_dict(), path)
     return path
 
 
@@ -204,7 +205,7 @@ def _not_a_state_dict(folder) -> str:
 )
 def test_bad_checkpoints_fail_before_touching_the_network(tmp_path, make_checkpoint, error, match):
     path = make_checkpoint(tmp_path)
-    network = MultiAD(image_size=IMAGE_SIZE)
+    network = MultiAD(Recipe.paper(image_size=IMAGE_SIZE))
     before = {k: v.clone() for k, v in network.state_dict().items() if k != "_extra_state"}
     with pytest.raises(error, match=match):
         load_checkpoint(path, network)

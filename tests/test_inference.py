@@ -12,12 +12,13 @@ from PIL import Image
 
 from multiad_monai.inference import AnomalyInferer, list_inputs
 from multiad_monai.networks import MultiAD
+from multiad_monai.recipe import Recipe
 
 
 @pytest.fixture(scope="module")
 def inferer():
     torch.manual_seed(0)
-    network = MultiAD(image_size=32)
+    network = MultiAD(Recipe.paper(image_size=32))
     network.normalizer.fit_thresholds(torch.rand(8) + 1.0, torch.rand(8, 1, 32, 32))
     return AnomalyInferer(network, batch_size=3)
 
@@ -109,7 +110,8 @@ def test_inputs_and_calibration_are_checked(tmp_path):
     with pytest.raises(ValueError, match="no image or volume files"):
         list_inputs(str(tmp_path))
     with pytest.raises(ValueError, match="not calibrated"):
-        AnomalyInferer(MultiAD())
+        AnomalyInferer(MultiAD(Recipe.paper()))
+
 
 
 def test_a_batch_the_model_was_not_trained_for_is_refused_or_warned_about(inferer):

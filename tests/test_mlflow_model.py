@@ -11,6 +11,7 @@ from PIL import Image
 
 from multiad_monai.mlflow_model import SIGNATURE, MultiADPyfunc, _paths
 from multiad_monai.networks import MultiAD
+from multiad_monai.recipe import Recipe
 
 
 @pytest.mark.parametrize(
@@ -58,7 +59,7 @@ def pyfunc_model(tmp_path_factory):
     """The pyfunc model saved and loaded by MLflow, around a calibrated 32 px checkpoint."""
     root = tmp_path_factory.mktemp("pyfunc")
     torch.manual_seed(0)
-    network = MultiAD(image_size=32)
+    network = MultiAD(Recipe.paper(image_size=32))
     network.normalizer.fit_thresholds(torch.rand(4) + 1, torch.rand(4, 1, 32, 32))
     torch.save(network.state_dict(), root / "model.pt")
     mlflow.pyfunc.save_model(

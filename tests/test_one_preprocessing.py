@@ -40,7 +40,7 @@ def _evaluation_outputs(network: MultiAD, samples) -> tuple[torch.Tensor, torch.
 @pytest.mark.parametrize("resize_mode", ["stretch", "pad"])
 def test_2d_image_gives_the_same_input_map_and_score_in_evaluation_and_inference(tmp_path, resize_mode):
     root = write_mvtec(str(tmp_path / "set"), n_train=4, n_good=1, n_bad=1, size=40, width=56)
-    recipe = Recipe(image_size=32, intensity="dtype", resize_mode=resize_mode)
+    recipe = Recipe.paper(image_size=32, intensity="dtype", resize_mode=resize_mode)
     network = _calibrated(recipe)
     data = load_datasets(root, recipe, calibration_fraction=0.5)
     sample = data.test.data[-1]  # the anomalous image
@@ -58,7 +58,7 @@ def test_2d_image_gives_the_same_input_map_and_score_in_evaluation_and_inference
 
 def test_3d_volume_gives_the_same_slices_maps_and_scores_in_evaluation_and_inference(tmp_path):
     root = write_volumes(str(tmp_path / "vols"), n_train=3, n_test=1)
-    recipe = Recipe(image_size=32, intensity="percentile")
+    recipe = Recipe.paper(image_size=32, intensity="percentile")
     network = _calibrated(recipe)
     data = load_datasets(root, recipe, calibration_fraction=0.34, min_foreground=0.0)
     _, maps, scores = _evaluation_outputs(network, data.test.data)

@@ -9,6 +9,7 @@ import torch
 
 from multiad_monai.inference import AnomalyInferer, list_inputs, output_names
 from multiad_monai.networks import MultiAD
+from multiad_monai.recipe import Recipe
 from tests.conftest import write_volumes
 
 
@@ -34,7 +35,7 @@ def tiny_checkpoints(folder: str, archive: str) -> tuple[str, str]:
     score (another SHA-256, other normalised scores, none anomalous).
     """
     torch.manual_seed(0)
-    network = MultiAD(image_size=32)
+    network = MultiAD(Recipe.paper(image_size=32))
     network.normalizer.fit_thresholds(torch.rand(4) + 1.0, torch.rand(4, 1, 32, 32))
     scores = torch.tensor(_scores(AnomalyInferer(network), archive), dtype=torch.float32)
     maps = torch.rand(4, 1, 32, 32) * scores.median()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ import torch
 from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, apply_transform
 
-from multiad_monai.data.layouts import category_root, index_dataset
+from multiad_monai.data.layouts import DatasetIndex, category_root, index_dataset
 from multiad_monai.recipe import Recipe
 from multiad_monai.transforms.array import source_name
 from multiad_monai.transforms.dictionary import TeacherFeaturesd
@@ -130,7 +131,7 @@ def no_samples_left(split: str, where: str) -> str:
 
 
 def load_datasets(
-    dataset_dir: str,
+    dataset_dir: str | DatasetIndex,
     recipe: Recipe,
     calibration_fraction: float = 0.1,
     seed: int = 0,
@@ -142,7 +143,8 @@ def load_datasets(
     """Index ``dataset_dir`` and load every sample once (errors name the file before any training).
 
     Args:
-        dataset_dir: a folder in the ``volumes``, ``bmad`` or ``mvtec`` layout (see ``multiad_monai.data.layouts``).
+        dataset_dir: a folder in the ``volumes``, ``bmad`` or ``mvtec`` layout (see ``multiad_monai.data.layouts``),
+            or its :class:`~multiad_monai.data.layouts.DatasetIndex` (then ``category`` is the index's).
         recipe: the model's preprocessing (size, intensity, resize mode, slicing, organ masking), see
             :mod:`multiad_monai.transforms.preprocessing`.
         calibration_fraction: share of the normal training samples (volumes, for 3D data) held out to
@@ -155,8 +157,13 @@ def load_datasets(
     """
     if not 0.0 < calibration_fraction < 1.0:
         raise ValueError(f"calibration_fraction must be in (0, 1), got {calibration_fraction}")
-    dataset_dir = category_root(dataset_dir, category)
-    layout, splits = index_dataset(dataset_dir)
+    if isinstance(dataset_dir, DatasetIndex):
+        if category not in (None, "", dataset_dir.category):
+            raise ValueError(f"category={category!r} given with an index of {dataset_dir.root}: give one of the two")
+        dataset_dir, layout, splits = dataset_dir.root, dataset_dir.layout, copy.deepcopy(dataset_dir.splits)
+    else:
+        dataset_dir = category_root(dataset_dir, category)
+        layout, splits = index_dataset(dataset_dir)
 
     train_items = list(splits["train"])
     held_out = calibration_split(len(train_items), calibration_fraction, seed, dataset_dir, layout == "volumes")

@@ -12,8 +12,11 @@ Layouts:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import statistics
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -21,9 +24,11 @@ from multiad_monai.transforms.dicom import is_dicom_file, is_dicom_input
 from multiad_monai.utils.errors import check_path
 
 __all__ = [
+    "DatasetIndex",
     "aspect_preserving_size",
     "categories",
     "category_root",
+    "dataset_fingerprint",
     "default_prior_weight",
     "detect_layout",
     "file_stem",
@@ -75,7 +80,7 @@ def category_root(dataset_dir: str, category: str | None = None) -> str:
     return os.path.join(dataset_dir, str(category)) if category not in (None, "") else dataset_dir
 
 
-def default_prior_weight(dataset_dir: str, category: str | None = None) -> float:
+def default_prior_weight(dataset_dir: str | DatasetIndex, category: str | None = None) -> float:
     """The teacher prior's weight for a dataset folder: 1, or 0 for 3D volumes.
 
     The prior compares each location with the mean normal teacher feature at that location, so it needs
@@ -83,12 +88,14 @@ def default_prior_weight(dataset_dir: str, category: str | None = None) -> float
     aligned objects). Slices cut at every level of a volume do not: on the embedded demo the prior alone
     scores below chance and the fused map loses to the student's, so volumes get the student's map alone.
     """
+    if isinstance(dataset_dir, DatasetIndex):
+        return 0.0 if dataset_dir.layout == "volumes" else 1.0
     root = category_root(dataset_dir, category)
     return 0.0 if detect_layout(root) == "volumes" else 1.0
 
 
 def aspect_preserving_size(
-    dataset_dir: str, image_size: int | list[int], category: str | None = None, multiple: int = 32
+    dataset_dir: str | DatasetIndex, image_size: int | list[int], category: str | None = None, multiple: int = 32
 ) -> list[int]:
     """Network input ``[H, W]`` whose short side is ``image_size`` and whose aspect is that of the training images.
 
@@ -100,8 +107,8 @@ def aspect_preserving_size(
     """
     if not isinstance(image_size, (int, float)):
         return [int(v) for v in image_size]
-    root = category_root(dataset_dir, category)
-    layout, splits = index_dataset(root)
+    index = dataset_dir if isinstance(dataset_dir, DatasetIndex) else DatasetIndex.build(dataset_dir, category)
+    layout, splits = index.layout, index.splits
     short = int(image_size)
     if layout == "volumes":
         return [short, short]
@@ -237,6 +244,59 @@ def index_dataset(root: str) -> tuple[str, dict[str, list[dict]]]:
     if not splits.get("test"):
         raise ValueError(f"no test images found in {root} ({layout} layout)")
     return layout, splits
+
+
+def dataset_fingerprint(root: str) -> tuple[str, int]:
+    """Hash of the sorted relative file paths and sizes under ``root``: equal for copies of the same data.
+
+    Returns:
+        ``(first 16 hex digits of the SHA-256, number of files)``.
+    """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    entries = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in files:
+            path = os.path.join(folder, name)
+            entries.append(f"{os.path.relpath(path, root).replace(os.sep, '/')}\t{os.path.getsize(path)}\n")
+    digest = hashlib.sha256("".join(sorted(entries)).encode()).hexdigest()
+    return digest[:16], len(entries)
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """A dataset folder indexed once per run, shared by everything that reads its listing.
+
+    The training bundle builds one (``dataset_index``) and hands it to :func:`default_prior_weight`,
+    :func:`aspect_preserving_size`, :func:`~multiad_monai.data.load_datasets` and the MLflow tags
+    (:class:`~multiad_monai.handlers.RunTracker`), instead of each walking the folder again.
+
+    Args:
+        dataset_dir: the dataset root given by the user.
+        category: sub-folder of ``dataset_dir`` (an MVTec AD category), or None.
+        root: ``dataset_dir/category``.
+        layout: ``"volumes"``, ``"bmad"`` or ``"mvtec"``.
+        splits: ``{split: [{image, label, mask?}, ...]}`` as :func:`index_dataset` returns it.
+    """
+
+    dataset_dir: str
+    category: str | None
+    root: str
+    layout: str
+    splits: dict[str, list[dict]]
+
+    @classmethod
+    def build(cls, dataset_dir: str, category: str | None = None) -> DatasetIndex:
+        """Index ``dataset_dir`` (``/category``), raising as :func:`index_dataset` does."""
+        root = category_root(dataset_dir, category)
+        layout, splits = index_dataset(root)
+        return cls(dataset_dir, category if category not in (None, "") else None, root, layout, splits)
+
+    @functools.cached_property
+    def fingerprint(self) -> tuple[str, int]:
+        """:func:`dataset_fingerprint` of :attr:`root`, computed on first use."""
+        return dataset_fingerprint(self.root)
 
 
 def require_dataset_dir(bundle: str, docs: str) -> str:

@@ -38,14 +38,15 @@ class MultiADTrainer(Trainer):
         network: the :class:`MultiAD` model.
         optimizer: optimiser of the student's parameters.
         discriminator_optimizer: optimiser of the discriminator's parameters.
-        adversarial_weight: weight of the student's adversarial loss.
+        adversarial_weight: weight of the student's adversarial loss (0, the bundles' default: pure distillation;
+            0.1 is the paper's, ``--preset paper`` in the bundles).
         adversarial_warmup_iterations: the student's adversarial weight ramps linearly from 0 to
             ``adversarial_weight`` over this many iterations, while the discriminator trains from the start; read
             from ``state.iteration``, so a resumed run continues the ramp.
         label_smoothing: one-sided: the discriminator's target for teacher features is ``1 - label_smoothing``.
         feature_matching: the student's adversarial loss matches the batch mean of the discriminator's pooled
             features of teacher and student (squared error, Salimans et al. 2016) instead of fooling its logit.
-        distillation_loss: defaults to :class:`DistillationLoss`.
+        distillation_loss: defaults to ``DistillationLoss(hard_ratio=0.1)``, as the bundles.
         amp: autocast + gradient scaling (bf16 autocast on CPU).
 
     The other arguments are those of ``monai.engines.SupervisedTrainer``.
@@ -59,7 +60,7 @@ class MultiADTrainer(Trainer):
         network: MultiAD,
         optimizer: Optimizer,
         discriminator_optimizer: Optimizer,
-        adversarial_weight: float = 0.1,
+        adversarial_weight: float = 0.0,
         adversarial_warmup_iterations: int = 0,
         distillation_loss: Callable | None = None,
         label_smoothing: float = 0.0,
@@ -100,7 +101,7 @@ class MultiADTrainer(Trainer):
         if adversarial_warmup_iterations < 0:
             raise ValueError(f"adversarial_warmup_iterations must be >= 0, got {adversarial_warmup_iterations}")
         self.adversarial_warmup_iterations = adversarial_warmup_iterations
-        self.distillation_loss = distillation_loss or DistillationLoss()
+        self.distillation_loss = distillation_loss or DistillationLoss(hard_ratio=0.1)
         self.adversarial_loss = AdversarialLoss()
         if not 0.0 <= label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")

@@ -7,7 +7,6 @@ model logged as an MLflow ``pyfunc`` model (optionally registered), see :mod:`mu
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import platform
@@ -26,6 +25,7 @@ from monai.handlers import MLFlowHandler
 from monai.utils import CommonKeys as Keys
 
 import multiad_monai
+from multiad_monai.data.layouts import DatasetIndex, dataset_fingerprint
 
 __all__ = ["RunTracker", "run_tags", "dataset_fingerprint", "git_commit", "DOMAINS", "RUN_METRICS"]
 
@@ -42,24 +42,6 @@ RUN_METRICS = (
     "peak_gpu_memory_mb",
 )
 """Metrics logged by :class:`RunTracker`, besides the evaluator's own (``image_auroc``, ...)."""
-
-
-def dataset_fingerprint(root: str) -> tuple[str, int]:
-    """Hash of the sorted relative file paths and sizes under ``root``: equal for copies of the same data.
-
-    Returns:
-        ``(first 16 hex digits of the SHA-256, number of files)``.
-    """
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"dataset folder not found: {root}")
-    entries = []
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in files:
-            path = os.path.join(folder, name)
-            entries.append(f"{os.path.relpath(path, root).replace(os.sep, '/')}\t{os.path.getsize(path)}\n")
-    digest = hashlib.sha256("".join(sorted(entries)).encode()).hexdigest()
-    return digest[:16], len(entries)
 
 
 def git_commit(path: str | None = None) -> tuple[str, bool] | None:
@@ -88,7 +70,7 @@ def git_commit(path: str | None = None) -> tuple[str, bool] | None:
 
 def run_tags(
     bundle: str,
-    dataset_dir: str | None,
+    dataset_dir: str | DatasetIndex | None,
     category: str | None = None,
     device: str | torch.device = "cpu",
     domain: str | None = None,
@@ -97,7 +79,8 @@ def run_tags(
 
     Args:
         bundle: the bundle folder or name (``bundles/brain`` -> ``brain``).
-        dataset_dir: the dataset root (the category folder is added when ``category`` is given).
+        dataset_dir: the dataset root (the category folder is added when ``category`` is given), or the run's
+            :class:`~multiad_monai.data.DatasetIndex` (its fingerprint is computed once and ``category`` is its own).
         category: MVTec-style category inside ``dataset_dir``.
         device: where the run computes.
         domain: ``medical`` / ``industrial``; defaults to the bundle's (:data:`DOMAINS`).
@@ -114,9 +97,14 @@ def run_tags(
         "device_name": _device_name(torch.device(device)),
         "hostname": platform.node(),
     }
-    if dataset_dir:
+    if isinstance(dataset_dir, DatasetIndex):
+        index = dataset_dir
+        dataset_dir, category = index.dataset_dir, index.category
+        fingerprint, n_files = index.fingerprint
+    elif dataset_dir:
         root = os.path.join(dataset_dir, category) if category else dataset_dir
         fingerprint, n_files = dataset_fingerprint(root)
+    if dataset_dir:
         dataset = os.path.basename(os.path.normpath(dataset_dir))
         tags.update(
             dataset=f"{dataset}/{category}" if category else dataset,
@@ -220,7 +208,7 @@ class RunTracker:
         self,
         mlflow_handler: MLFlowHandler | None,
         bundle: str,
-        dataset_dir: str | None = None,
+        dataset_dir: str | DatasetIndex | None = None,
         category: str | None = None,
         device: str | torch.device = "cpu",
         domain: str | None = None,

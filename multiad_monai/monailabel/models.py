@@ -16,25 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-from multiad_monai.checkpoint import checkpoint_sha256, load_model
-from multiad_monai.inference import AnomalyInferer
+from multiad_monai.checkpoint import checkpoint_sha256
+from multiad_monai.inference import AnomalyInferer, load_inferer
 
 __all__ = ["BundleModel", "Checkpoint", "load_inferer", "RUN_FILE"]
 
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"  # written by a retrain run once its checkpoint is complete
-
-
-def load_inferer(ckpt_path: str, device: str, batch_size: int = 16) -> AnomalyInferer:
-    """The one place the app builds a model: network, preprocessing recipe and calibration from the checkpoint.
-
-    Raises:
-        FileNotFoundError: no file at ``ckpt_path``.
-        ValueError: the file is corrupt, not calibrated, or written before checkpoints carried their recipe.
-    """
-    network = load_model(ckpt_path, device=device)
-    return AnomalyInferer(network, device=device, batch_size=batch_size, checkpoint=ckpt_path)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ __all__ = ["PacsDatastore", "PacsUnavailable", "label_on_series"]
 
 logger = logging.getLogger(__name__)
 
+
 class PacsUnavailable(RuntimeError):
     """The PACS did not answer; the request can be repeated once it is back."""
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse
@@ -31,12 +31,21 @@ from multiad_monai.monailabel.studies import TooFewStudies
 from multiad_monai.monailabel.train import interrupted_tasks
 from multiad_monai.upstream import add_exception_handler_to_running_app
 
-if TYPE_CHECKING:
-    from multiad_monai.monailabel.app import MultiADApp
-
 __all__ = ["install"]
 
 logger = logging.getLogger(__name__)
+
+
+class ServedApp(Protocol):
+    """What the routes use of the running app (:class:`multiad_monai.monailabel.app.MultiADApp`, which installs
+    them: the routes do not import the app)."""
+
+    models: dict[str, Any]
+    trainers: dict[str, Any]
+
+    def datastore(self) -> Any: ...
+
+    def info(self) -> dict[str, Any]: ...
 
 
 def _known(kind: str, name: str, known: list[str]) -> None:
@@ -70,7 +79,7 @@ def run_inference(
     output: ResultType | None = None,
     user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
 ):
-    app: MultiADApp = app_instance()
+    app: ServedApp = app_instance()
     _known("model", model, list(app.models))
     if not file and not image and not session_id:
         raise HTTPException(400, "give an image id (?image=ID), an uploaded file (form field 'file') or a session_id")
@@ -106,7 +115,7 @@ async def run_training(
     enqueue: bool | None = False,
     user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
 ):
-    app: MultiADApp = app_instance()
+    app: ServedApp = app_instance()
     _known("model", model, list(app.trainers))
     try:
         app.trainers[model].check(params or {}, app.datastore())
@@ -124,7 +133,7 @@ async def run_all_training(
     user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
 ):
     """MONAI Label's ``POST /train/`` (every model, ``{"<model>": {...}}``), with the checks of ``/train/<model>``."""
-    app: MultiADApp = app_instance()
+    app: ServedApp = app_instance()
     for model, request in (params or {}).items():
         _known("model", model, list(app.trainers))
         if not isinstance(request, dict):
@@ -170,7 +179,7 @@ async def next_sample(
     params: dict | None = None,
     user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
 ):
-    app: MultiADApp = app_instance()
+    app: ServedApp = app_instance()
     _known("strategy", strategy, list(app.info()["strategies"]))
     model = (params or {}).get("model")
     if model is not None:

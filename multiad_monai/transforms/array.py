@@ -1,9 +1,10 @@
 """Array transforms: 3D volume -> 2D slices, three-channel images for the ImageNet teacher.
 
-The slice convention lives here, once: a volume is reoriented to :data:`SLICE_AXCODES` with
-:class:`OrientForSlicing` and cut along :data:`SLICE_AXIS` with :class:`VolumeToSlices`. The offline converters
-(``data_prep``), the dataset transforms and the inference path all go through it, so a model trained on prepared
-PNG slices sees the same display when the NIfTI of the same patient is scored.
+The slice convention (declared with the recipe in :mod:`multiad_monai.recipe`) is applied here, once: a volume
+is reoriented to :data:`SLICE_AXCODES` with :class:`OrientForSlicing` and cut along :data:`SLICE_AXIS` with
+:class:`VolumeToSlices`. The offline converters (``data_prep``), the dataset transforms and the inference path all
+go through it, so a model trained on prepared PNG slices sees the same display when the NIfTI of the same patient
+is scored.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from monai.utils import TransformBackends, convert_to_tensor
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 from PIL import Image
 
+from multiad_monai.recipe import SLICE_AXCODES, SLICE_AXIS
 from multiad_monai.transforms.dicom import DicomSeriesError, register_dicom_reader
 from multiad_monai.utils.errors import error_reason
 
@@ -41,15 +43,6 @@ __all__ = [
     "shrink",
     "source_name",
 ]
-
-SLICE_AXCODES = "PLS"
-"""Orientation of a volume before slicing: spatial axis 0 runs anterior -> posterior (slice rows, top = anterior),
-axis 1 runs the patient's right -> left (slice columns, left = patient right: radiological display), axis 2 runs
-inferior -> superior (slice index 0 = most inferior)."""
-
-SLICE_AXIS = 2
-"""Spatial axis (of a channel-first volume ``(C, H, W, D)``: tensor dimension ``SLICE_AXIS + 1``) cut into axial
-slices after :class:`OrientForSlicing`."""
 
 
 def decode_palette(image: Image.Image) -> Image.Image:

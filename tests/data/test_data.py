@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from multiad_monai.data import (
+    DatasetIndex,
     aspect_preserving_size,
     build_brain_demo,
     categories,
+    dataset_fingerprint,
     default_prior_weight,
     detect_layout,
     index_dataset,
@@ -52,6 +54,25 @@ def test_aspect_preserving_size_keeps_long_images_long(mvtec_dir, volumes_dir, t
     open(f"{tall}/train/good/000.png", "wb").close()
     with pytest.raises(ValueError, match="000.png"):
         aspect_preserving_size(tall, 64)
+
+
+def test_one_index_serves_the_prior_weight_the_aspect_the_datasets_and_the_fingerprint(volumes_dir, tmp_path):
+    write_mvtec(str(tmp_path / "steel" / "strip"), n_train=4, size=40, width=100)
+    index = DatasetIndex.build(str(tmp_path / "steel"), "strip")
+    assert (index.root, index.layout, index.category) == (str(tmp_path / "steel" / "strip"), "mvtec", "strip")
+    assert index.splits == index_dataset(index.root)[1]
+    assert default_prior_weight(index) == 1.0 and aspect_preserving_size(index, 64) == [64, 160]
+    assert index.fingerprint == dataset_fingerprint(index.root)
+    recipe = Recipe(image_size=32, intensity="dtype")
+    from_index = load_datasets(index, recipe, calibration_fraction=0.5)
+    from_path = load_datasets(str(tmp_path / "steel"), recipe, calibration_fraction=0.5, category="strip")
+    assert [s["image"].meta["filename_or_obj"] for s in from_index.test.data] == [
+        s["image"].meta["filename_or_obj"] for s in from_path.test.data
+    ]
+    assert index.splits == index_dataset(index.root)[1]  # loading left the shared index as it was
+    with pytest.raises(ValueError, match="give one of the two"):
+        load_datasets(index, recipe, category="other")
+    assert default_prior_weight(DatasetIndex.build(volumes_dir)) == 0.0
 
 
 def test_index_mvtec(mvtec_dir):

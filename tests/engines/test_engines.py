@@ -8,6 +8,7 @@ from monai.data import DataLoader
 from multiad_monai.engines import MultiADEvaluator, MultiADIterationEvents, MultiADKeys, MultiADTrainer, loss_logs
 from multiad_monai.metrics import ImageAUROC, PixelAUROC
 from multiad_monai.networks import MultiAD
+from multiad_monai.recipe import Recipe
 
 
 def _loader(n: int = 8, size: int = 32, with_masks: bool = False):
@@ -40,7 +41,7 @@ def _trainer(network, adversarial_weight, amp=False, **kwargs):
 
 def test_training_step_fires_events_in_order_and_updates_only_student_and_discriminator():
     torch.manual_seed(0)
-    network = MultiAD()
+    network = MultiAD(Recipe.paper())
     teacher_before = [p.clone() for p in network.teacher.parameters()]
     disc_before = [p.clone() for p in network.discriminator.parameters()]
     trainer = _trainer(network, adversarial_weight=0.1)
@@ -62,7 +63,7 @@ def test_training_step_fires_events_in_order_and_updates_only_student_and_discri
 
 def test_stabilisers_train_student_and_discriminator():
     torch.manual_seed(0)
-    network = MultiAD(image_size=32, discriminator_spectral_norm=True)
+    network = MultiAD(Recipe.paper(image_size=32, discriminator_spectral_norm=True))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in network.discriminator.modules())
     student_before = [p.clone() for p in network.student.parameters()]
     disc_before = [p.clone() for p in network.discriminator.parameters()]
@@ -79,7 +80,7 @@ def test_stabilisers_train_student_and_discriminator():
 
 def test_zero_adversarial_weight_is_pure_distillation():
     torch.manual_seed(0)
-    network = MultiAD()
+    network = MultiAD(Recipe.paper())
     disc_before = [p.clone() for p in network.discriminator.parameters()]
     trainer = _trainer(network, adversarial_weight=0.0)
     trainer.run()
@@ -90,7 +91,7 @@ def test_zero_adversarial_weight_is_pure_distillation():
 
 def test_adversarial_warmup_ramps_the_students_weight_while_the_discriminator_trains():
     torch.manual_seed(0)
-    network = MultiAD()
+    network = MultiAD(Recipe.paper())
     disc_before = [p.clone() for p in network.discriminator.parameters()]
     trainer = _trainer(network, adversarial_weight=0.1, adversarial_warmup_iterations=3)
     seen = []
@@ -112,7 +113,7 @@ def test_adversarial_warmup_ramps_the_students_weight_while_the_discriminator_tr
 
 def test_distillation_loss_decreases():
     torch.manual_seed(0)
-    network = MultiAD()
+    network = MultiAD(Recipe.paper())
     trainer = _trainer(network, adversarial_weight=0.0)
     losses = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
@@ -122,7 +123,7 @@ def test_distillation_loss_decreases():
 
 
 def test_evaluator_outputs_and_metrics():
-    network = MultiAD()
+    network = MultiAD(Recipe.paper())
     evaluator = MultiADEvaluator(
         device="cpu",
         val_data_loader=_loader(with_masks=True),
@@ -139,7 +140,7 @@ def test_evaluator_outputs_and_metrics():
 
 
 def test_trainer_rejects_missing_batch():
-    trainer = _trainer(MultiAD(), 0.1)
+    trainer = _trainer(MultiAD(Recipe.paper()), 0.1)
     with pytest.raises(ValueError, match="batch data"):
         trainer._iteration(trainer, None)
 
@@ -147,7 +148,7 @@ def test_trainer_rejects_missing_batch():
 def test_amp_uses_the_same_training_path():
     """AMP (bf16 autocast on CPU) runs the same iteration and still trains the student."""
     torch.manual_seed(0)
-    network = MultiAD()
+    network = MultiAD(Recipe.paper())
     before = [p.clone() for p in network.student.parameters()]
     trainer = _trainer(network, adversarial_weight=0.1, amp=True)
     trainer.run()

@@ -12,6 +12,7 @@ from PIL import Image
 
 from multiad_monai.handlers.evaluation_report import EvaluationReport
 from multiad_monai.networks import MultiAD
+from multiad_monai.recipe import Recipe
 
 N_ITERATIONS, BATCH, SIZE = 3, 4, 16
 HOT_NORMAL = "/data/test/good/b1_2.png"  # a normal image scored far above every other image
@@ -71,9 +72,9 @@ def read_rows(tmp_path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def networks() -> dict[str, MultiAD]:
-    calibrated = MultiAD(image_size=SIZE)
+    calibrated = MultiAD(Recipe.paper(image_size=SIZE))
     calibrated.normalizer.fit_thresholds(torch.rand(4) + 1, torch.rand(4, 1, SIZE, SIZE))
-    return {"calibrated": calibrated, "uncalibrated": MultiAD(image_size=SIZE)}
+    return {"calibrated": calibrated, "uncalibrated": MultiAD(Recipe.paper(image_size=SIZE))}
 
 
 @pytest.mark.parametrize("calibration", ["calibrated", "uncalibrated"])

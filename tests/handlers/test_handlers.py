@@ -16,6 +16,7 @@ from multiad_monai.handlers import (
 )
 from multiad_monai.handlers.metrics_writer import write_json_atomic
 from multiad_monai.networks import MultiAD
+from multiad_monai.recipe import Recipe
 
 
 def test_last_checkpoint(tmp_path):
@@ -43,7 +44,7 @@ def test_atomic_json_leaves_nothing_half_written(tmp_path):
 
 
 def test_calibration_handler_fills_buffers():
-    network = MultiAD(image_size=32)
+    network = MultiAD(Recipe.paper(image_size=32))
     loader = DataLoader([{"image": torch.rand(3, 32, 32)} for _ in range(4)], batch_size=2)
     engine = Engine(lambda e, b: None)
     CalibrationHandler(network, loader).attach(engine)
@@ -52,7 +53,7 @@ def test_calibration_handler_fills_buffers():
 
 
 def test_overlay_saver_writes_pngs(tmp_path):
-    network = MultiAD()
+    network = MultiAD(Recipe.paper())
     mask = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
     mask[1, :, 2:6, 2:6] = True
     output = {

@@ -7,12 +7,13 @@ from monai.data import DataLoader, Dataset
 from multiad_monai.checkpoint import load_model
 from multiad_monai.handlers import CalibrationHandler
 from multiad_monai.networks import AnomalyOutput, DistillationFeatures, FeatureDiscriminator, MultiAD
+from multiad_monai.recipe import Recipe
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return MultiAD(image_size=8)
+    return MultiAD(Recipe.paper(image_size=8))
 
 
 def test_training_forward_returns_features_and_keeps_teacher_in_eval(model):
@@ -38,7 +39,7 @@ def test_discriminator_logits():
 
 def test_prior_weight_must_not_be_negative():
     with pytest.raises(ValueError, match="prior_weight"):
-        MultiAD(image_size=8, prior_weight=-1)
+        MultiAD(Recipe.paper(image_size=8, prior_weight=-1))
 
 
 def test_cached_teacher_features_replace_the_teacher_in_training():
@@ -46,7 +47,7 @@ def test_cached_teacher_features_replace_the_teacher_in_training():
     from multiad_monai.engines import MultiADTrainer
 
     torch.manual_seed(0)
-    network = MultiAD(image_size=32)
+    network = MultiAD(Recipe.paper(image_size=32))
     images = [{"image": torch.rand(3, 32, 32)} for _ in range(4)]
     cached = with_teacher_features(Dataset(images), network.teacher)  # the teacher runs here, once per image
     calls = []
@@ -63,7 +64,7 @@ def test_cached_teacher_features_replace_the_teacher_in_training():
 def test_checkpoints_from_before_the_head_split_load_unchanged(tmp_path):
     """Map, prior and normaliser were one module: their buffers' old names load into the new parts."""
     torch.manual_seed(0)
-    network = MultiAD(image_size=32, prior_weight=1.0, prior_reference="nearest", fusion="standardized")
+    network = MultiAD(Recipe.paper(image_size=32, prior_weight=1.0, prior_reference="nearest", fusion="standardized"))
     normal = DataLoader([{"image": x} for x in torch.rand(6, 3, 32, 32)], batch_size=3)
     CalibrationHandler(network, normal, train_data_loader=normal)(None)
     old_names = {

@@ -4,24 +4,25 @@ import pytest
 import torch
 
 from multiad_monai.networks import AnomalyMapGenerator, MultiAD, ScoreNormalizer, prior_gain
+from multiad_monai.recipe import Recipe
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return MultiAD(image_size=8)
+    return MultiAD(Recipe.paper(image_size=8))
 
 
 def test_calibration_buffers_travel_in_the_state_dict(model, tmp_path):
     with pytest.raises(RuntimeError, match="not calibrated"):
-        MultiAD().normalize_score(torch.tensor([1.0]))
+        MultiAD(Recipe.paper()).normalize_score(torch.tensor([1.0]))
     scores = torch.tensor([1.0, 2.0, 3.0])
     model.normalizer.fit_thresholds(scores, torch.rand(3, 1, 8, 8))
     assert model.normalize_score(scores.mean()).item() == pytest.approx(0.0)
     assert model.normalize_score(model.image_threshold).item() == pytest.approx(0.5)
     path = tmp_path / "model.pt"
     torch.save(model.state_dict(), path)
-    other = MultiAD(image_size=8)
+    other = MultiAD(Recipe.paper(image_size=8))
     other.load_state_dict(torch.load(path, weights_only=True))
     assert other.is_calibrated and other.image_threshold.item() == pytest.approx(model.image_threshold.item())
 

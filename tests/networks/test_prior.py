@@ -9,6 +9,7 @@ from multiad_monai.export import export_torchscript
 from multiad_monai.handlers import CalibrationHandler
 from multiad_monai.networks import MultiAD, TeacherPrior, nearest_distance
 from multiad_monai.networks.prior import NEAREST_RATIO
+from multiad_monai.recipe import Recipe
 
 
 def test_nearest_distance_searches_the_bank_at_and_next_to_each_location():
@@ -42,13 +43,15 @@ def test_mean_prior_is_the_distance_to_the_mean_normal_feature():
 
 def test_prior_reference_must_be_known():
     with pytest.raises(ValueError, match="prior_reference"):
-        MultiAD(image_size=8, prior_weight=1.0, prior_reference="median")
-    assert MultiAD(image_size=8).prior is None  # prior_weight 0: the paper's student-only map, no prior at all
+        MultiAD(Recipe.paper(image_size=8, prior_weight=1.0, prior_reference="median"))
+    assert (
+        MultiAD(Recipe.paper(image_size=8)).prior is None
+    )  # prior_weight 0: the paper's student-only map, no prior at all
 
 
 def test_teacher_prior_uses_every_training_image():
     torch.manual_seed(0)
-    network = MultiAD(image_size=32, prior_weight=1.0)
+    network = MultiAD(Recipe.paper(image_size=32, prior_weight=1.0))
     normal = torch.rand(7, 3, 32, 32)
     loader = DataLoader([{"image": x} for x in normal], batch_size=3)  # 3 + 3 + a short batch of 1
     CalibrationHandler(network, loader, train_data_loader=loader)(None)
@@ -59,7 +62,7 @@ def test_teacher_prior_uses_every_training_image():
 
 def test_nearest_prior_keeps_a_bank_of_the_training_images_and_travels_with_the_model(tmp_path):
     torch.manual_seed(0)
-    network = MultiAD(image_size=32, prior_weight=1.0, prior_reference="nearest")
+    network = MultiAD(Recipe.paper(image_size=32, prior_weight=1.0, prior_reference="nearest"))
     normal = torch.rand(7, 3, 32, 32)
     train = DataLoader([{"image": x} for x in normal[:5]], batch_size=2)
     network.eval()
@@ -97,7 +100,7 @@ def _scene(count: int, texture: bool) -> torch.Tensor:
 @pytest.mark.parametrize("texture", [False, True])
 def test_auto_prior_reference_takes_the_nearest_neighbour_where_normal_images_differ_by_place(texture):
     torch.manual_seed(0)
-    network = MultiAD(image_size=64, prior_weight=1.0, prior_reference="auto").eval()
+    network = MultiAD(Recipe.paper(image_size=64, prior_weight=1.0, prior_reference="auto")).eval()
     train, held_out = (DataLoader([{"image": x} for x in _scene(n, texture)], batch_size=4) for n in (8, 4))
     prior = network.prior
     with torch.no_grad():
