@@ -135,6 +135,7 @@ def test_uncalibrated_or_corrupt_checkpoint_is_refused_before_evaluation(mvtec_d
         assert not os.path.exists(tmp_path / "eval" / "metrics.json")
 
 
+@pytest.mark.slow
 def test_the_last_lines_a_user_sees_say_what_is_wrong(tmp_path):
     """A failing command line ends with the real message, not the bundle parser's expression dump."""
     volumes = write_volumes(str(tmp_path / "vols"), n_train=3, n_test=1)
@@ -148,6 +149,7 @@ def test_the_last_lines_a_user_sees_say_what_is_wrong(tmp_path):
     assert "Traceback" in result.stderr  # the full traceback is still there, above
 
 
+@pytest.mark.slow
 def test_a_path_starting_with_dollar_gets_a_hint(tmp_path):
     command = bundle_command("brain", "training", str(tmp_path / "out"), "--dataset_dir", "$HOME/data")
     result = run(command, timeout=300)

@@ -51,6 +51,7 @@ class CountingInferer(AnomalyInferer):
         return super().write_results(inputs, names, out)
 
 
+@pytest.mark.slow
 def test_pacs_archive_is_fetched_scored_ranked_and_skipped_on_rerun(pacs, tmp_path):
     orthanc, export = pacs
     assert is_dicomweb(orthanc.dicomweb) and not is_dicomweb(export)
@@ -73,6 +74,7 @@ def test_pacs_archive_is_fetched_scored_ranked_and_skipped_on_rerun(pacs, tmp_pa
     assert again.scored == []  # the same checkpoint: every series skipped, nothing fetched again
 
 
+@pytest.mark.slow
 def test_pacs_down_is_a_named_failure_and_the_rerun_completes(pacs, tmp_path):
     orthanc, export = pacs
     os.makedirs(tmp_path / "ckpt")

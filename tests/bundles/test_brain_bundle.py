@@ -17,6 +17,8 @@ import torch
 from multiad_monai.checkpoint import load_model
 from tests.bundles.helpers import ROOT, bundle_command, error_chain, run, run_in_process
 
+pytestmark = pytest.mark.slow  # trains the bundle; runs the command line and torchrun
+
 TINY = {"image_size": 32, "batch_size": 4, "num_overlays": 2, "min_iterations": 0}
 TINY_ARGS = ["--image_size", "32", "--batch_size", "4", "--num_overlays", "2", "--min_iterations", "0"]
 METRIC_KEYS = {"image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "train_seconds", "n_train", "n_test"}

@@ -16,6 +16,8 @@ from multiad_monai.handlers import create_tracking_store, last_checkpoint
 from tests.bundles.faults import POINTS
 from tests.bundles.helpers import ROOT, bundle_command, run, run_in_process
 
+pytestmark = pytest.mark.slow  # real training processes, killed and resumed
+
 ARGS = ["--epochs", "3", "--image_size", "32", "--batch_size", "4", "--num_overlays", "1", "--min_iterations", "0"]
 PROBE = os.path.join(ROOT, "tests", "bundles", "fault_probe.json")
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max")

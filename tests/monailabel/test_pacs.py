@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("monailabel", reason="the MONAI Label app needs the extra: pip install -e '.[monailabel]'")
+
+pytestmark = pytest.mark.slow  # the real MONAI Label server and Orthanc
 hd = pytest.importorskip("highdicom")
 
 import pydicom  # noqa: E402
