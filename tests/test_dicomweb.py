@@ -19,10 +19,13 @@ from tests.dicom import ct_volume, write_series  # noqa: E402
 from tests.pacs import ORTHANC, Orthanc, free_port  # noqa: E402
 from tests.triage_data import tiny_checkpoints  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    ORTHANC is None and not os.environ.get("CI"),
-    reason="Orthanc is not installed (apt-get install orthanc orthanc-dicomweb; .ci/run installs it)",
-)
+pytestmark = [
+    pytest.mark.slow,  # a real Orthanc
+    pytest.mark.skipif(
+        ORTHANC is None and not os.environ.get("CI"),
+        reason="Orthanc is not installed (apt-get install orthanc orthanc-dicomweb; .ci/run installs it)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,6 @@ class CountingInferer(AnomalyInferer):
         return super().write_results(inputs, names, out)
 
 
-@pytest.mark.slow
 def test_pacs_archive_is_fetched_scored_ranked_and_skipped_on_rerun(pacs, tmp_path):
     orthanc, export = pacs
     assert is_dicomweb(orthanc.dicomweb) and not is_dicomweb(export)
@@ -74,7 +76,6 @@ def test_pacs_archive_is_fetched_scored_ranked_and_skipped_on_rerun(pacs, tmp_pa
     assert again.scored == []  # the same checkpoint: every series skipped, nothing fetched again
 
 
-@pytest.mark.slow
 def test_pacs_down_is_a_named_failure_and_the_rerun_completes(pacs, tmp_path):
     orthanc, export = pacs
     os.makedirs(tmp_path / "ckpt")

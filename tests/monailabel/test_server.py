@@ -54,7 +54,6 @@ def write_studies(folder: str) -> None:
         f.write(b"not a NIfTI file" * 8)
 
 
-
 @dataclass
 class Server:
     url: str
