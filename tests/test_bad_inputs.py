@@ -16,7 +16,7 @@ from multiad_monai.inference import AnomalyInferer
 from multiad_monai.networks import MultiAD
 from multiad_monai.recipe import Recipe
 from multiad_monai.transforms import image_transform
-from multiad_monai.utils import root_message
+from multiad_monai.utils import check_writable, readable_errors, root_message
 from tests.bundles.helpers import bundle_command, error_chain, run, run_in_process
 from tests.conftest import write_mvtec, write_volumes
 
@@ -135,6 +135,7 @@ def test_uncalibrated_or_corrupt_checkpoint_is_refused_before_evaluation(mvtec_d
         assert not os.path.exists(tmp_path / "eval" / "metrics.json")
 
 
+@pytest.mark.slow
 def test_the_last_lines_a_user_sees_say_what_is_wrong(tmp_path):
     """A failing command line ends with the real message, not the bundle parser's expression dump."""
     volumes = write_volumes(str(tmp_path / "vols"), n_train=3, n_test=1)
@@ -148,6 +149,7 @@ def test_the_last_lines_a_user_sees_say_what_is_wrong(tmp_path):
     assert "Traceback" in result.stderr  # the full traceback is still there, above
 
 
+@pytest.mark.slow
 def test_a_path_starting_with_dollar_gets_a_hint(tmp_path):
     command = bundle_command("brain", "training", str(tmp_path / "out"), "--dataset_dir", "$HOME/data")
     result = run(command, timeout=300)
@@ -157,15 +159,22 @@ def test_a_path_starting_with_dollar_gets_a_hint(tmp_path):
     )
 
 
-def test_root_message_prefers_the_package_s_own_error():
-    try:
-        try:
-            load_datasets("/nonexistent/data", Recipe(image_size=32))
-        except FileNotFoundError as e:
-            raise RuntimeError("Failed to evaluate ConfigExpression: ...") from e
-    except RuntimeError as outer:
-        assert root_message(outer) == "FileNotFoundError: dataset_dir /nonexistent/data does not exist"
-    assert sys.excepthook is not None
+def test_the_last_lines_repeat_the_package_s_own_error(monkeypatch, capsys):
+    """Between the bundle parser's wrapper (outermost) and the OS error (innermost), the hook repeats the error
+    this package raised, which names the key and the fix."""
+    with pytest.raises(ValueError) as raised:
+        check_writable("/proc/nonexistent/scores.csv", "--output")  # a ValueError from the OS's FileNotFoundError
+    assert isinstance(raised.value.__cause__, FileNotFoundError)
+    parser_error = RuntimeError("Failed to evaluate ConfigExpression: ...")
+    parser_error.__cause__ = raised.value
+    expected = f"ValueError: {raised.value}"
+    assert root_message(parser_error) == expected and "--output /proc/nonexistent/scores.csv" in expected
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # put back after the test
+    readable_errors()
+    sys.excepthook(RuntimeError, parser_error, None)
+    last = capsys.readouterr().err.strip().splitlines()
+    assert last[-3] == f"error: {expected}" and "Failed to evaluate ConfigExpression" in "\n".join(last[:-3])
 
 
 def test_a_large_image_is_reduced_on_reading_and_its_map_has_the_file_s_size(inferer, tmp_path):

@@ -19,10 +19,13 @@ from tests.dicom import ct_volume, write_series  # noqa: E402
 from tests.pacs import ORTHANC, Orthanc, free_port  # noqa: E402
 from tests.triage_data import tiny_checkpoints  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    ORTHANC is None and not os.environ.get("CI"),
-    reason="Orthanc is not installed (apt-get install orthanc orthanc-dicomweb; .ci/run installs it)",
-)
+pytestmark = [
+    pytest.mark.slow,  # a real Orthanc
+    pytest.mark.skipif(
+        ORTHANC is None and not os.environ.get("CI"),
+        reason="Orthanc is not installed (apt-get install orthanc orthanc-dicomweb; .ci/run installs it)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -121,6 +121,7 @@ def eager_run(exported, consumer_run) -> dict[str, tuple[torch.Tensor, ...]]:
     return {name: (r.anomaly_map, r.pred_score, network.normalize_score(r.pred_score)) for name, r in results.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", ["batch1", "batch3"])
 @pytest.mark.parametrize("index, name", list(enumerate(OUTPUTS)))
 def test_torchscript_matches_eager_without_multiad_monai(consumer_run, eager_run, batch, index, name):
@@ -129,6 +130,7 @@ def test_torchscript_matches_eager_without_multiad_monai(consumer_run, eager_run
     torch.testing.assert_close(scripted, eager, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_metadata_is_readable_without_multiad_monai(exported, consumer_run):
     network, _ = exported
     metadata = consumer_run[2]

@@ -1,25 +1,23 @@
 """Integration: the brain bundle's workflows on tiny seeded datasets.
 
 Most run in-process through ``monai.bundle.run`` (what ``python -m monai.bundle run`` calls); the tests about
-the command line itself (a failing run's output, kill -9 and resume, torchrun) start real processes.
+the command line itself (a failing run's output, torchrun) start real processes. Kill -9 and resume: test_faults.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import mlflow
 import pytest
 import torch
 
 from multiad_monai.checkpoint import load_model
-from multiad_monai.handlers import last_checkpoint
 from tests.bundles.helpers import ROOT, bundle_command, error_chain, run, run_in_process
+
+pytestmark = pytest.mark.slow  # trains the bundle; runs the command line and torchrun
 
 TINY = {"image_size": 32, "batch_size": 4, "num_overlays": 2, "min_iterations": 0}
 TINY_ARGS = ["--image_size", "32", "--batch_size", "4", "--num_overlays", "2", "--min_iterations", "0"]
@@ -114,32 +112,6 @@ def test_missing_dataset_dir_fails_before_training(tmp_path):
     assert result.returncode != 0
     assert "nope does not exist" in result.stderr
     assert not os.path.exists(os.path.join(tmp_path, "model.pt"))
-
-
-def test_killed_run_resumes_from_last_epoch(volumes_dir, tmp_path):
-    out = str(tmp_path)
-    args = ["--dataset_dir", volumes_dir, "--epochs", "12", "--min_foreground", "0.0", "--calibration_fraction", "0.34"]
-    command = bundle_command("brain", "training", out, *TINY_ARGS, *args)
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = os.path.join(out, "checkpoints", "checkpoint_epoch=2.pt")
-    deadline = time.time() + 300
-    while not os.path.exists(checkpoint) and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert os.path.exists(checkpoint), "training did not reach epoch 2"
-    assert not os.path.exists(os.path.join(out, "model.pt"))
-    saved = torch.load(last_checkpoint(os.path.join(out, "checkpoints")), weights_only=True)
-    done = saved["trainer"]["iteration"] // saved["trainer"]["epoch_length"]  # ignite stores the iteration
-    assert 2 <= done < 12
-
-    result = run(command + ["--resume", "true"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    log = result.stdout + result.stderr
-    assert f"Restored all variables from {os.path.join(out, 'checkpoints', f'checkpoint_epoch={done}.pt')}" in log
-    assert f"Epoch[{done + 1}] Complete" in log and "Epoch[1] Complete" not in log.split("MultiADEvaluator")[0]
-    assert last_checkpoint(os.path.join(out, "checkpoints")).endswith("checkpoint_epoch=12.pt")
-    assert set(json.load(open(os.path.join(out, "metrics.json"), encoding="utf-8"))) == METRIC_KEYS
 
 
 def test_two_process_ddp_training_on_cpu(mvtec_dir, tmp_path):

@@ -15,6 +15,8 @@ from multiad_monai.data.layouts import index_dataset  # noqa: E402
 from tests.bundles.helpers import run_in_process  # noqa: E402
 from tests.dicom import write_dicom_volumes  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains and runs the bundle
+
 TINY = {"image_size": 32, "batch_size": 4, "num_overlays": 1, "min_iterations": 0, "epochs": 1}
 
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 import os
 
 import mlflow
+import pytest
 
 from tests.bundles.faults import DIVERGE
 from tests.bundles.helpers import ROOT, bundle_command, run
+
+pytestmark = pytest.mark.slow  # real training processes
 
 ARGS = ["--image_size", "32", "--batch_size", "4", "--num_overlays", "1", "--min_iterations", "0"]
 PROBE = os.path.join(ROOT, "tests", "bundles", "fault_probe.json")

@@ -13,6 +13,8 @@ from multiad_monai.checkpoint import load_model
 from tests.bundles.helpers import ROOT, bundle_command, run, run_in_process
 from tests.conftest import write_ct_volumes, write_mvtec
 
+pytestmark = pytest.mark.slow  # trains each domain's bundle
+
 TINY = {"epochs": 1, "image_size": 32, "batch_size": 4, "num_overlays": 2, "min_iterations": 0}
 PIXEL = {"pixel_auroc", "pixel_aupro"}
 

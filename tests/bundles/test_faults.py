@@ -10,10 +10,13 @@ import subprocess
 
 import mlflow
 import pytest
+import torch
 
-from multiad_monai.handlers import create_tracking_store
+from multiad_monai.handlers import create_tracking_store, last_checkpoint
 from tests.bundles.faults import POINTS
 from tests.bundles.helpers import ROOT, bundle_command, run, run_in_process
+
+pytestmark = pytest.mark.slow  # real training processes, killed and resumed
 
 ARGS = ["--epochs", "3", "--image_size", "32", "--batch_size", "4", "--num_overlays", "1", "--min_iterations", "0"]
 PROBE = os.path.join(ROOT, "tests", "bundles", "fault_probe.json")
@@ -56,8 +59,15 @@ def test_killed_run_resumes_to_the_uninterrupted_result(point, reference, mvtec_
         refused = _train(out, mvtec_dir)
         assert refused.returncode != 0 and "--resume true to continue it" in refused.stderr.splitlines()[-3]
 
+    last = last_checkpoint(os.path.join(out, "checkpoints"))
+    trainer = torch.load(last, weights_only=True)["trainer"]
+    done = trainer["iteration"] // trainer["epoch_length"]  # epochs done, 1 or 3 (ignite stores the iteration)
     resumed = _train(out, mvtec_dir, "--resume", "true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    training_log = log.split("MultiADEvaluator")[0]
+    assert f"Restored all variables from {last}" in log  # it continues, it does not start over
+    assert f"Epoch[{done}] Complete" not in training_log and (done == 3 or f"Epoch[{done + 1}] Complete" in log)
     metrics = json.load(open(os.path.join(out, "metrics.json"), encoding="utf-8"))
     for key in METRICS:
         assert metrics[key] == pytest.approx(reference[key], abs=1e-6), key

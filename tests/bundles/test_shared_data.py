@@ -15,6 +15,8 @@ import pytest
 from tests.bundles.helpers import run_in_process
 from tests.conftest import SHARED_DATA
 
+pytestmark = pytest.mark.slow  # trains on ../shared/data
+
 LGG = os.path.join(SHARED_DATA, "lgg_dev")
 
 

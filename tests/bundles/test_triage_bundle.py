@@ -16,6 +16,8 @@ pytest.importorskip("pydicom")
 pytest.importorskip("itk")
 pytest.importorskip("highdicom")
 
+pytestmark = pytest.mark.slow  # runs the bundle, in one process and with torchrun
+
 CONFIGS = ("inference.json", "multi_gpu_inference.json")
 
 

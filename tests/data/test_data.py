@@ -192,8 +192,14 @@ def test_non_square_images_pad_or_stretch(tmp_path):
     assert float(stretched.test[0]["image"][:, :6].abs().max()) > 0.0
 
 
-@pytest.mark.parametrize("intensity", ["dtype", "percentile"])
-def test_rgb_images_by_dtype_keep_their_colours(tmp_path, intensity):
+@pytest.mark.parametrize(
+    "intensity, expected",
+    [
+        ("dtype", [0.2, 0.4, 0.8]),  # (51, 102, 204) / 255
+        ("percentile", [0.0, 1 / 3, 1.0]),  # one low (51) and high (204) for the three channels together
+    ],
+)
+def test_rgb_images_keep_their_colours(tmp_path, intensity, expected):
     from PIL import Image
 
     root = write_mvtec(str(tmp_path / "rgb"))
@@ -201,8 +207,7 @@ def test_rgb_images_by_dtype_keep_their_colours(tmp_path, intensity):
     Image.fromarray(np.full((48, 48, 3), (51, 102, 204), dtype=np.uint8)).save(path)
     data = load_datasets(root, Recipe(image_size=16, intensity=intensity), calibration_fraction=0.2)
     sample = next(s for s in data.train.data + data.calibration.data if s["image"].meta["filename_or_obj"] == path)
-    if intensity == "dtype":
-        assert torch.allclose(sample["image"][:, 8, 8], torch.tensor([0.2, 0.4, 0.8]), atol=1e-3)
+    assert torch.allclose(sample["image"][:, 8, 8], torch.tensor(expected), atol=1e-3)
 
 
 def test_ct_volumes_with_organ_labels(tmp_path):

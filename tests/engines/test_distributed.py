@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
 from multiad_monai.engines import broadcast_buffers
+
+pytestmark = pytest.mark.slow  # two processes (torch.multiprocessing, gloo)
 
 
 class Banked(nn.Module):

@@ -61,6 +61,7 @@ def test_training_step_fires_events_in_order_and_updates_only_student_and_discri
     assert not all(torch.equal(a, b) for a, b in zip(disc_before, network.discriminator.parameters()))
 
 
+@pytest.mark.slow
 def test_stabilisers_train_student_and_discriminator():
     torch.manual_seed(0)
     network = MultiAD(Recipe.paper(image_size=32, discriminator_spectral_norm=True))
@@ -111,6 +112,7 @@ def test_adversarial_warmup_ramps_the_students_weight_while_the_discriminator_tr
         _trainer(network, adversarial_weight=0.1, adversarial_warmup_iterations=-1)
 
 
+@pytest.mark.slow
 def test_distillation_loss_decreases():
     torch.manual_seed(0)
     network = MultiAD(Recipe.paper())

@@ -27,10 +27,13 @@ from tests.monailabel.studies import LESION, volume  # noqa: E402
 from tests.monailabel.test_server import start_server, stop_server, wait_for  # noqa: E402
 from tests.pacs import ORTHANC, Orthanc, free_port  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    ORTHANC is None and not os.environ.get("CI"),
-    reason="Orthanc is not installed (apt-get install orthanc orthanc-dicomweb; .ci/run installs it)",
-)
+pytestmark = [
+    pytest.mark.slow,  # the real MONAI Label server and Orthanc
+    pytest.mark.skipif(
+        ORTHANC is None and not os.environ.get("CI"),
+        reason="Orthanc is not installed (apt-get install orthanc orthanc-dicomweb; .ci/run installs it)",
+    ),
+]
 
 NORMAL = ["normal0", "normal1", "normal2"]
 STUDIES = [*NORMAL, "lesion0"]

@@ -33,6 +33,8 @@ from tests.bundles.helpers import ROOT  # noqa: E402
 from tests.monailabel.studies import LESION, TILTED_AFFINE, save_volume, volume, write_png  # noqa: E402
 from tests.pacs import free_port  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the real MONAI Label server
+
 NORMAL = ["normal0", "normal1", "normal2"]
 LESIONS = ["lesion0", "tilted", "scan"]  # scan is an NRRD volume
 BROKEN = ["fourd", "corrupt"]

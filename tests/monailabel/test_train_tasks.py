@@ -18,6 +18,8 @@ pytest.importorskip("monailabel", reason="the MONAI Label app needs the extra: p
 from tests.monailabel.studies import save_volume  # noqa: E402
 from tests.monailabel.test_server import copy_app, start_server, stop_server, wait_for  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the real MONAI Label server and its training processes
+
 NORMAL = ["normal0", "normal1", "normal2"]
 TINY = {"min_iterations": 0, "image_size": 32, "batch_size": 4, "num_overlays": 1}
 

@@ -55,6 +55,7 @@ def test_plan_covers_categories_with_defects_configs_and_seeds(data_root):
     assert [r.category for r in only] == ["paper_b", "paper_b"]
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_skipped_the_next_time(data_root, tmp_path, capsys):
     argv = ["--data_root", data_root, "--datasets", "chest=mvtec:medical", "--configs", "distill", "--seeds", "0",
             "--output_dir", str(tmp_path), "--", "--epochs", "1", "--min_iterations", "0",

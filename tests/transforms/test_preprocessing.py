@@ -82,6 +82,7 @@ def _uint8_head(rng: np.random.Generator, lesion: bool) -> np.ndarray:
     return np.clip(head, 0, 255).astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_model_trained_on_data_prep_pngs_scores_the_original_nifti_like_the_pngs(tmp_path):
     """data_prep cuts a volume stored LPS with swapped axes into PNGs; a model trained on such PNGs then scores
     the NIfTI through inference.json with the same per-slice scores as the PNG slices."""
