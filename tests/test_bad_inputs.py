@@ -202,8 +202,8 @@ def test_a_large_image_is_reduced_on_reading_and_its_map_has_the_file_s_size(inf
 def test_the_inference_bundle_ends_with_one_line_naming_the_file(tmp_path, case, expected):
     """The inference command line: its last lines name the user's file or key and nothing is written."""
     torch.manual_seed(0)
-    network = MultiAD(image_size=32)
-    network.calibrate(torch.rand(8) + 1.0, torch.rand(8, 1, 32, 32))
+    network = MultiAD(Recipe.paper(image_size=32))
+    network.normalizer.fit_thresholds(torch.rand(8) + 1.0, torch.rand(8, 1, 32, 32))
     ckpt = str(tmp_path / "model.pt")
     torch.save(network.state_dict(), ckpt)
     inputs = write_volumes(str(tmp_path / "vols"), n_train=1, n_test=1)

@@ -10,6 +10,7 @@ from ignite.engine import Engine
 from multiad_monai.handlers.evaluation_report import EvaluationReport
 from multiad_monai.metrics import EvaluationMaps, PixelAUPRO, PixelAUROC, functional, maps, pixel_aupro, pixel_auroc
 from multiad_monai.networks import MultiAD
+from multiad_monai.recipe import Recipe
 
 SIZE, BATCH, N_BATCHES = 16, 4, 3
 
@@ -41,7 +42,9 @@ def test_metrics_and_report_share_one_copy_and_one_pro_curve(tmp_path, monkeypat
     engine = Engine(lambda e, batch: batch)
     PixelAUROC(maps=shared).attach(engine, "pixel_auroc")
     PixelAUPRO(SIZE, fpr_limit, maps=shared).attach(engine, "pixel_aupro")
-    EvaluationReport(str(tmp_path), MultiAD(image_size=SIZE), fpr_limit=fpr_limit, maps=shared).attach(engine)
+    EvaluationReport(str(tmp_path), MultiAD(Recipe.paper(image_size=SIZE)), fpr_limit=fpr_limit, maps=shared).attach(
+        engine
+    )
     data = batches()
     for _ in range(2):  # a second run starts afresh
         calls.clear()
