@@ -101,7 +101,8 @@ def calibration_split(count: int, calibration_fraction: float, seed: int, where:
 
     Args:
         count: normal training samples (volumes, for 3D data).
-        calibration_fraction, seed: as in :func:`load_datasets`.
+        calibration_fraction: as in :func:`load_datasets`.
+        seed: as in :func:`load_datasets`.
         where: the dataset, for the message.
         volumes: the samples are volumes (else 2D images), for the message.
 
