@@ -39,7 +39,7 @@ def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
     for name, path in files.items():
         is_package = path.name == "__init__.py"
         edges = set()
-        for node in _top_level_imports(ast.parse(path.read_text(), str(path))):
+        for node in _top_level_imports(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
