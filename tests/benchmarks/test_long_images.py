@@ -40,3 +40,15 @@ def test_mask_of_another_size_is_named(tmp_path):
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(mask)
     with pytest.raises(ValueError, match="000_mask.png"):
         long_images.build(source, str(tmp_path / "long"))
+
+
+def test_long_variant_resizes_and_draws_training_strips(tmp_path):
+    source = write_mvtec(str(tmp_path / "src"), n_train=5, n_good=2, n_bad=3, size=32)
+    output = long_images.build(source, str(tmp_path / "scan"), tiles=3, size=(40, 100), train_images=7)
+    _, splits = index_dataset(output)
+    assert len(splits["train"]) == 7 and len(splits["test"]) == 5
+    for item in splits["train"] + splits["test"]:
+        assert Image.open(item["image"]).size == (100, 40)  # PIL: (width, height)
+    for item in splits["test"]:
+        if item["label"]:
+            assert set(np.unique(np.asarray(Image.open(item["mask"])))) <= {0, 255}  # still binary
