@@ -12,3 +12,4 @@ from .run_state import (
     check_resume,
     create_tracking_store,
 )
+from .stopping import HeldOutStopping
