@@ -61,7 +61,7 @@ def calibrate(network: MultiAD, held_out: Iterable[dict], train: Iterable[dict] 
     def image(batch: dict) -> torch.Tensor:
         return convert_to_tensor(batch[Keys.IMAGE], track_meta=False).to(device)
 
-    def teacher_features(batch: dict) -> list[torch.Tensor]:  # cached with the training images when they are
+    def teacher_features(batch: dict) -> list[torch.Tensor]:  # cached with the images when they are
         cached = cached_teacher_features(batch, device)
         return cached if cached is not None else network.teacher(image(batch))
 
@@ -69,7 +69,7 @@ def calibrate(network: MultiAD, held_out: Iterable[dict], train: Iterable[dict] 
         update_bn(_full_batches(image(b) for b in train), network.student)
     network.eval()
     # the held-out images and their teacher features, once: the prior's reference and the maps below use them
-    held_out = [(x, network.teacher(x)) for x in (image(b) for b in held_out)]
+    held_out = [(image(b), teacher_features(b)) for b in held_out]
     ratio = None
     if prior is not None:
         if train is None:
