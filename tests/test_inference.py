@@ -113,7 +113,6 @@ def test_inputs_and_calibration_are_checked(tmp_path):
         AnomalyInferer(MultiAD(Recipe.paper()))
 
 
-
 def test_a_batch_the_model_was_not_trained_for_is_refused_or_warned_about(inferer):
     """The eager path runs the exported model's input check (multiad_monai.networks.inputs.check_images)."""
     maps, scores = inferer.predict_samples([{"image": MetaTensor(torch.rand(1, 32, 32))}])

@@ -31,17 +31,18 @@ logger = logging.getLogger(__name__)
 
 
 def check_before_training(
-    output_dir: str, ckpt_path: str, checkpoint_dir: str, resume: bool, overwrite: bool, epochs: int
+    output_dir: str, ckpt_path: str, checkpoint_dir: str, resume: bool, overwrite: bool, epochs: int | None
 ) -> None:
     """Cheap checks that refuse, before any data is read and anything is written or deleted, a training run that
     cannot work or would destroy results.
 
     Raises:
-        ValueError: ``epochs`` below 1; ``output_dir`` is a file or not writable; or it already holds a finished
-            or unfinished run and neither ``resume`` nor ``overwrite`` says what to do with it.
+        ValueError: ``epochs`` neither None (stop by the held-out rule) nor a whole number >= 1; ``output_dir``
+            is a file or not writable; or it already holds a finished or unfinished run and neither ``resume`` nor
+            ``overwrite`` says what to do with it.
     """
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r} (--epochs N)")
+    if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
+        raise ValueError(f"epochs must be a whole number >= 1 or null (stop when learned), got {epochs!r} (--epochs N)")
     check_path(output_dir, "output_dir")
     check_path(ckpt_path, "ckpt_path")
     if os.path.lexists(output_dir) and not os.path.isdir(output_dir):

@@ -141,7 +141,9 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "epochs": (1, None, True, False),
     "batch_size": (1, None, True, False),
     "image_size": (32, None, True, False),
-    "min_iterations": (0, None, True, False),
+    "max_iterations": (1, None, True, False),
+    "stop_patience": (1, None, True, False),
+    "stop_min_delta": (0, 1, True, False),
     "num_overlays": (0, None, True, False),
     "seed": (0, 2**32 - 1, True, True),
     "learning_rate": (0, 1, False, True),
@@ -195,6 +197,8 @@ def check_train_params(defaults: dict[str, Any], request: dict[str, Any]) -> dic
             raise ValueError(f"{key!r} is set by the app for every run and cannot be passed to /train")
         if key not in defaults:
             raise ValueError(f"unknown train parameter {key!r}; accepted: {sorted(defaults)}")
+        if key == "epochs" and value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ValueError(f"train parameter 'epochs' must be a whole number or null (held-out rule), got {value!r}")
         if not _same_type(value, defaults[key]):
             raise ValueError(
                 f"train parameter {key!r} must be like the bundle's {defaults[key]!r} "

@@ -58,7 +58,7 @@ def test_plan_covers_categories_with_defects_configs_and_seeds(data_root):
 @pytest.mark.slow
 def test_a_finished_run_is_skipped_the_next_time(data_root, tmp_path, capsys):
     argv = ["--data_root", data_root, "--datasets", "chest=mvtec:medical", "--configs", "distill", "--seeds", "0",
-            "--output_dir", str(tmp_path), "--", "--epochs", "1", "--min_iterations", "0",
+            "--output_dir", str(tmp_path), "--", "--epochs", "1", "--max_iterations", "8",
             "--image_size", "32"]  # fmt: skip
     # a killed earlier attempt left an epoch checkpoint: the repeated run replaces it instead of stopping
     leftover = tmp_path / "runs" / "chest" / "distill" / "seed0" / "checkpoints"

@@ -19,9 +19,19 @@ from tests.bundles.helpers import ROOT, bundle_command, error_chain, run, run_in
 
 pytestmark = pytest.mark.slow  # trains the bundle; runs the command line and torchrun
 
-TINY = {"image_size": 32, "batch_size": 4, "num_overlays": 2, "min_iterations": 0}
-TINY_ARGS = ["--image_size", "32", "--batch_size", "4", "--num_overlays", "2", "--min_iterations", "0"]
-METRIC_KEYS = {"image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "train_seconds", "n_train", "n_test"}
+TINY = {"image_size": 32, "batch_size": 4, "num_overlays": 2, "max_iterations": 8}
+TINY_ARGS = ["--image_size", "32", "--batch_size", "4", "--num_overlays", "2", "--max_iterations", "8"]
+METRIC_KEYS = {
+    "image_auroc",
+    "pixel_auroc",
+    "pixel_aupro",
+    "image_f1_max",
+    "train_seconds",
+    "n_train",
+    "n_test",
+    "iterations",
+    "stop_reason",
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +45,8 @@ def test_training_writes_metrics_checkpoint_and_overlays(trained):
     metrics = json.load(open(os.path.join(trained, "metrics.json"), encoding="utf-8"))
     assert set(metrics) == METRIC_KEYS
     assert metrics["n_train"] + 2 == 12 and metrics["n_test"] == 8  # two normal images held out for calibration
+    # --epochs 2 means two passes over the 10 training images in batches of 4 (the last one dropped), no rule
+    assert metrics["iterations"] == 4 and metrics["stop_reason"] is None
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max"))
     path = os.path.join(trained, "model.pt")  # ckpt_path defaults to <output_dir>/model.pt
     state = torch.load(path, weights_only=True)  # a plain state dict, as in the model zoo
@@ -60,6 +72,19 @@ def test_training_logs_a_real_mlflow_run(trained):
     assert len(client.get_metric_history(run_.info.run_id, "distillation_loss")) >= 2
     assert "metrics.json" in {a.path for a in client.list_artifacts(run_.info.run_id)}
     assert len(client.list_artifacts(run_.info.run_id, "overlays")) == 2
+
+
+def test_default_training_stops_by_the_held_out_rule(mvtec_dir, tmp_path):
+    """Without --epochs the run ends when the student stops improving on the held-out images, within the budget,
+    and says why; the rule's measurements are in the MLflow run."""
+    out = str(tmp_path)
+    run_in_process("brain", "training", dataset_dir=mvtec_dir, output_dir=out, **{**TINY, "max_iterations": 40})
+    metrics = json.load(open(os.path.join(out, "metrics.json"), encoding="utf-8"))
+    assert 0 < metrics["iterations"] < 40 and metrics["stop_reason"], metrics
+    client = mlflow.MlflowClient(tracking_uri="sqlite:///" + os.path.join(out, "mlruns.db"))
+    (run_,) = client.search_runs([client.get_experiment_by_name("multiad_brain").experiment_id])
+    assert run_.data.params["epochs"] == "None" and run_.data.params["max_iterations"] == "40"
+    assert {"held_out_distance", "generalisation_gap"} <= set(run_.data.metrics)
 
 
 def test_evaluate_rebuilds_the_recipe_from_the_checkpoint(trained, mvtec_dir, tmp_path):
@@ -115,15 +140,16 @@ def test_missing_dataset_dir_fails_before_training(tmp_path):
 
 
 def test_two_process_ddp_training_on_cpu(mvtec_dir, tmp_path):
-    """torchrun, gloo, 2 ranks: both finish, replicas stay identical, rank 0 alone writes outputs."""
+    """torchrun, gloo, 2 ranks, stopped by the held-out rule: both finish at the same iteration, replicas stay
+    identical, rank 0 alone writes outputs."""
     out = str(tmp_path)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
     probe = os.path.join(ROOT, "tests", "bundles", "ddp_probe.json")  # each rank writes its parameter checksum
     args = [
         "--dataset_dir",
         mvtec_dir,
-        "--epochs",
-        "2",
+        "--max_iterations",
+        "12",
         "--image_size",
         "32",
         "--batch_size",

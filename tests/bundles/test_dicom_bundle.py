@@ -17,7 +17,7 @@ from tests.dicom import write_dicom_volumes  # noqa: E402
 
 pytestmark = pytest.mark.slow  # trains and runs the bundle
 
-TINY = {"image_size": 32, "batch_size": 4, "num_overlays": 1, "min_iterations": 0, "epochs": 1}
+TINY = {"image_size": 32, "batch_size": 4, "num_overlays": 1, "max_iterations": 8, "epochs": 1}
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from tests.bundles.helpers import ROOT, bundle_command, run
 
 pytestmark = pytest.mark.slow  # real training processes
 
-ARGS = ["--image_size", "32", "--batch_size", "4", "--num_overlays", "1", "--min_iterations", "0"]
+ARGS = ["--image_size", "32", "--batch_size", "4", "--num_overlays", "1", "--max_iterations", "8"]
 PROBE = os.path.join(ROOT, "tests", "bundles", "fault_probe.json")
 
 

@@ -15,7 +15,7 @@ from tests.conftest import write_ct_volumes, write_mvtec
 
 pytestmark = pytest.mark.slow  # trains each domain's bundle
 
-TINY = {"epochs": 1, "image_size": 32, "batch_size": 4, "num_overlays": 2, "min_iterations": 0}
+TINY = {"epochs": 1, "image_size": 32, "batch_size": 4, "num_overlays": 2, "max_iterations": 8}
 PIXEL = {"pixel_auroc", "pixel_aupro"}
 
 

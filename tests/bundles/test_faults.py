@@ -18,7 +18,7 @@ from tests.bundles.helpers import ROOT, bundle_command, run, run_in_process
 
 pytestmark = pytest.mark.slow  # real training processes, killed and resumed
 
-ARGS = ["--epochs", "3", "--image_size", "32", "--batch_size", "4", "--num_overlays", "1", "--min_iterations", "0"]
+ARGS = ["--epochs", "3", "--image_size", "32", "--batch_size", "4", "--num_overlays", "1", "--max_iterations", "8"]
 PROBE = os.path.join(ROOT, "tests", "bundles", "fault_probe.json")
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max")
 
@@ -44,7 +44,7 @@ def reference(tmp_path_factory, mvtec_dir) -> dict:
         epochs=3,
         image_size=32,
         batch_size=4,
-        min_iterations=0,
+        max_iterations=8,
     )
     return json.load(open(os.path.join(out, "metrics.json"), encoding="utf-8"))
 

@@ -23,7 +23,7 @@ LGG = os.path.join(SHARED_DATA, "lgg_dev")
 @pytest.mark.skipif(not os.path.isdir(LGG), reason="../shared/data/lgg_dev is not present")
 def test_brain_bundle_on_lgg_dev(tmp_path):
     run_in_process(
-        "brain", "training", dataset_dir=LGG, output_dir=str(tmp_path), epochs=3, image_size=128, min_iterations=0
+        "brain", "training", dataset_dir=LGG, output_dir=str(tmp_path), epochs=3, image_size=128, max_iterations=8
     )
     metrics = json.load(open(os.path.join(tmp_path, "metrics.json"), encoding="utf-8"))
     assert metrics["n_test"] == 591 and metrics["n_train"] == 518 - 52

@@ -30,7 +30,7 @@ CONFIGS = {"multiad": 0.1, "distill": 0.0}
 SEEDS = (0, 1)
 EXPERIMENT = "tiny"
 REGISTERED = "multiad_tiny"
-TINY = {"epochs": 1, "image_size": 64, "batch_size": 4, "num_overlays": 2, "min_iterations": 0}
+TINY = {"epochs": 1, "image_size": 64, "batch_size": 4, "num_overlays": 2, "max_iterations": 8}
 QUALITY = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max")
 
 

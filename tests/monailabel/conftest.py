@@ -27,6 +27,6 @@ def checkpoint(tmp_path_factory) -> str:
     nib.save(nib.Nifti1Image(label, affine), data / "labelsTs" / "test0.nii.gz")
     run_in_process(
         "brain", "training", dataset_dir=str(data), output_dir=str(out), ckpt_path=str(out / "model.pt"),
-        epochs=1, min_iterations=0, image_size=64, batch_size=4, num_overlays=1, tracking_uri=f"sqlite:///{out}/mlruns.db",
+        epochs=1, max_iterations=8, image_size=64, batch_size=4, num_overlays=1, tracking_uri=f"sqlite:///{out}/mlruns.db",
     )  # fmt: skip
     return str(out / "model.pt")

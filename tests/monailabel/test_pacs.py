@@ -142,7 +142,7 @@ def test_triage_and_retraining_on_the_pacs_studies(server, pacs):
     for name in NORMAL:
         marked = server.put(f"/datastore/image/info?image={pacs.uids[name]}", data={"info": '{"normal": true}'})
         assert marked.status_code == 200
-    task = server.post("/train/brain", json={"epochs": 1, "min_iterations": 0, "image_size": 32, "batch_size": 4})
+    task = server.post("/train/brain", json={"epochs": 1, "max_iterations": 8, "image_size": 32, "batch_size": 4})
     assert task.status_code == 200, task.text
     done = wait_for(server, "train", timeout=420)
     assert done["status"] == "DONE", "\n".join(done.get("details", []))

@@ -95,15 +95,17 @@ DEFAULTS = bundle_defaults(os.path.join(ROOT, "bundles", "brain"))
         ({"epochs": 2, "image_size": 64, "learning_rate": 1, "model": "brain", "gpus": "all"}, None),
         ({"amp": True, "betas": [0.9, 0.99], "device": "cpu"}, None),
         ({"epochz": 1}, "unknown train parameter 'epochz'"),
-        ({"epochs": "many"}, "'epochs' must be like the bundle's 5"),
-        ({"epochs": True}, "'epochs' must be like"),
+        ({"epochs": "many"}, "'epochs' must be a whole number or null"),
+        ({"epochs": True}, "'epochs' must be a whole number or null"),
+        ({"epochs": 0}, "'epochs' must be >= 1, got 0"),
+        ({"epochs": None, "max_iterations": 50}, None),
         ({"image_size": 16}, "'image_size' must be >= 32, got 16"),
         ({"learning_rate": float("nan")}, "'learning_rate' must be a finite number"),
         ({"dataset_dir": "/data"}, "'dataset_dir' is set by the app"),
     ],
 )
 def test_train_params(params, expected):
-    assert DEFAULTS["epochs"] == 5 and DEFAULTS["image_size"] == 192  # resolved through bundles/common macros
+    assert DEFAULTS["epochs"] is None and DEFAULTS["image_size"] == 192  # resolved through bundles/common macros
     if expected is None:
         assert set(check_train_params(DEFAULTS, params)) == set(params) - {"model", "gpus"}
     else:

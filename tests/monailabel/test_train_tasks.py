@@ -21,7 +21,7 @@ from tests.monailabel.test_server import copy_app, start_server, stop_server, wa
 pytestmark = pytest.mark.slow  # the real MONAI Label server and its training processes
 
 NORMAL = ["normal0", "normal1", "normal2"]
-TINY = {"min_iterations": 0, "image_size": 32, "batch_size": 4, "num_overlays": 1}
+TINY = {"max_iterations": 8, "image_size": 32, "batch_size": 4, "num_overlays": 1}
 
 
 @pytest.fixture(scope="module")

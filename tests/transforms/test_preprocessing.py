@@ -107,7 +107,7 @@ def test_model_trained_on_data_prep_pngs_scores_the_original_nifti_like_the_pngs
         output_dir=out,
         epochs=1,
         image_size=32,
-        min_iterations=0,
+        max_iterations=8,
         **overrides,
     )
     ckpt = os.path.join(out, "model.pt")
