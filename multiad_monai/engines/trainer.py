@@ -17,7 +17,36 @@ from multiad_monai.losses import AdversarialLoss, DistillationLoss
 from multiad_monai.networks.multiad import MultiAD
 from multiad_monai.utils import MultiADIterationEvents, MultiADKeys
 
-__all__ = ["MultiADTrainer"]
+__all__ = ["MultiADTrainer", "random_square_crop"]
+
+# crop offsets are multiples of the deepest feature stride, so that each feature map crops exactly
+CROP_ALIGN = 16
+
+
+def random_square_crop(
+    images: torch.Tensor, teacher_features: list[torch.Tensor] | None, generator: torch.Generator
+) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """A random square of a batch of long images ``(N, C, H, W)``, side ``min(H, W)`` (rounded down to a multiple
+    of :data:`CROP_ALIGN`), and the same region of their teacher features; square images are returned as they are.
+    """
+    height, width = images.shape[-2:]
+    side = min(height, width) // CROP_ALIGN * CROP_ALIGN
+    if height == width or side == 0:
+        return images, teacher_features
+
+    def offset(size: int) -> int:
+        return CROP_ALIGN * int(torch.randint(0, (size - side) // CROP_ALIGN + 1, (), generator=generator))
+
+    top, left = offset(height), offset(width)
+    images = images[..., top : top + side, left : left + side]
+    if teacher_features is not None:
+        cropped = []
+        for feature in teacher_features:
+            stride = height // feature.shape[-2]
+            y, x, size = top // stride, left // stride, side // stride
+            cropped.append(feature[..., y : y + size, x : x + size])
+        teacher_features = cropped
+    return images, teacher_features
 
 
 class MultiADTrainer(Trainer):
@@ -48,6 +77,9 @@ class MultiADTrainer(Trainer):
             features of teacher and student (squared error, Salimans et al. 2016) instead of fooling its logit.
         distillation_loss: defaults to ``DistillationLoss(hard_ratio=0.1)``, as the bundles.
         amp: autocast + gradient scaling (bf16 autocast on CPU).
+        square_crops: the student trains on a random square of long (non-square) images, the region of their
+            cached teacher features as its target (:func:`random_square_crop`; the offsets follow the iteration,
+            so a resumed run draws the same): a 500x1250 scan costs a square's step instead of 2.5 times that.
 
     The other arguments are those of ``monai.engines.SupervisedTrainer``.
     """
@@ -73,6 +105,7 @@ class MultiADTrainer(Trainer):
         metric_cmp_fn: Callable = default_metric_cmp_fn,
         train_handlers: Sequence | None = None,
         amp: bool = False,
+        square_crops: bool = False,
         optim_set_to_none: bool = False,
         to_kwargs: dict | None = None,
         amp_kwargs: dict | None = None,
@@ -111,6 +144,7 @@ class MultiADTrainer(Trainer):
         self.student_scaler = torch.amp.GradScaler(device_type, enabled=amp)
         self.discriminator_scaler = torch.amp.GradScaler(device_type, enabled=amp)
         self.optim_set_to_none = optim_set_to_none
+        self.square_crops = square_crops
 
     def _autocast(self):
         if not self.amp:
@@ -137,6 +171,9 @@ class MultiADTrainer(Trainer):
             raise ValueError("Must provide batch data for current iteration.")
         images = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[0]
         cached = cached_teacher_features(batchdata, engine.state.device, engine.non_blocking)
+        if engine.square_crops:
+            generator = torch.Generator().manual_seed(engine.state.iteration)
+            images, cached = random_square_crop(images, cached, generator)
         network = engine.network
         network.train()
         output: dict = {Keys.IMAGE: images}

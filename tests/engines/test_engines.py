@@ -6,6 +6,7 @@ from ignite.engine import Events
 from monai.data import DataLoader
 
 from multiad_monai.engines import MultiADEvaluator, MultiADIterationEvents, MultiADKeys, MultiADTrainer, loss_logs
+from multiad_monai.engines.trainer import random_square_crop
 from multiad_monai.metrics import ImageAUROC, PixelAUROC
 from multiad_monai.networks import MultiAD
 from multiad_monai.recipe import Recipe
@@ -156,3 +157,43 @@ def test_amp_uses_the_same_training_path():
     trainer.run()
     assert torch.isfinite(trainer.state.output["loss"]) and MultiADKeys.DISCRIMINATOR_LOSS in trainer.state.output
     assert not all(torch.equal(a, b) for a, b in zip(before, network.student.parameters()))
+
+
+def test_square_crop_takes_the_same_region_of_image_and_teacher_features():
+    network = MultiAD(Recipe.paper(image_size=(32, 96)), pretrained_teacher=False).eval()
+    images = torch.rand(2, 3, 32, 96)
+    with torch.no_grad():
+        features = network.teacher(images)
+    generator = torch.Generator().manual_seed(3)
+    crop, cropped = random_square_crop(images, features, generator)
+    assert crop.shape == (2, 3, 32, 32)
+    left = next(x for x in range(0, 65, 16) if torch.equal(images[..., x : x + 32], crop))  # an aligned offset
+    for full, part in zip(features, cropped):
+        stride = 32 // full.shape[-2]
+        assert part.shape[-2:] == (32 // stride, 32 // stride)
+        assert torch.equal(part, full[..., left // stride : (left + 32) // stride])
+    square = torch.rand(2, 3, 32, 32)
+    assert random_square_crop(square, None, generator)[0] is square  # square images are not cropped
+
+
+def test_trainer_square_crops_train_on_long_images_with_cached_features():
+    torch.manual_seed(0)
+    network = MultiAD(Recipe.paper(image_size=(32, 96)), pretrained_teacher=False)
+    items = [{"image": torch.rand(3, 32, 96)} for _ in range(4)]
+    with torch.no_grad():
+        for item in items:
+            item["teacher_features"] = [f[0] for f in network.teacher(item["image"][None])]
+    shapes = []
+    network.student.register_forward_hook(lambda module, inputs, output: shapes.append(tuple(inputs[0].shape)))
+    trainer = MultiADTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=DataLoader(items, batch_size=2),
+        network=network,
+        optimizer=torch.optim.Adam(network.student.parameters(), 1e-3),
+        discriminator_optimizer=torch.optim.Adam(network.discriminator.parameters(), 1e-3),
+        square_crops=True,
+    )
+    trainer.run()
+    assert shapes == [(2, 3, 32, 32), (2, 3, 32, 32)]
+    assert torch.isfinite(trainer.state.output["loss"])
