@@ -32,7 +32,9 @@ class Calibration(NamedTuple):
 
 
 @torch.no_grad()
-def calibrate(network: MultiAD, held_out: Iterable[dict], train: Iterable[dict] | None = None) -> Calibration:
+def calibrate(
+    network: MultiAD, held_out: Iterable[dict], train: Iterable[dict] | None = None, prior_gain: float | None = None
+) -> Calibration:
     """Finalise a trained ``network`` so that its state dict is self-contained.
 
     1. The student's batch-norm running statistics are recomputed over the training images
@@ -50,6 +52,8 @@ def calibrate(network: MultiAD, held_out: Iterable[dict], train: Iterable[dict] 
         held_out: batches (dicts with ``image``) of normal images not used for training.
         train: batches of all training images, with their cached teacher features when there are; needed with
             a teacher prior; without it the batch-norm statistics stay as trained.
+        prior_gain: with ``adaptive_prior``, the prior's gain instead of the one of the measured generalisation
+            gap (the bundles pass the cap when training stopped because the student started to memorise).
 
     Raises:
         ValueError: a prior without ``train``, or non-finite statistics.
@@ -90,7 +94,7 @@ def calibrate(network: MultiAD, held_out: Iterable[dict], train: Iterable[dict] 
     gain = None
     if prior is not None:
         train_maps = None
-        if normalizer.adaptive_prior:  # the student map on the first (at least a batch of) training images
+        if normalizer.adaptive_prior and prior_gain is None:  # the student map on the first training images
             train_maps, seen = [], 0
             for b in train:
                 x = image(b)
@@ -100,7 +104,7 @@ def calibrate(network: MultiAD, held_out: Iterable[dict], train: Iterable[dict] 
                 if seen >= len(student_maps):
                     break
             train_maps = torch.cat(train_maps)
-        gain = normalizer.fit_fusion(student_maps, prior_maps, train_maps)
+        gain = normalizer.fit_fusion(student_maps, prior_maps, train_maps, gain=prior_gain)
     maps, scores = network.smooth_and_score(student_maps, prior_maps)
     if tuple(maps.shape[-2:]) != network.recipe.image_size:
         raise ValueError(

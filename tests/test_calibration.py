@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from monai.data import DataLoader, Dataset
@@ -8,6 +10,7 @@ from multiad_monai.calibration import calibrate
 from multiad_monai.data import with_teacher_features
 from multiad_monai.handlers import CalibrationHandler
 from multiad_monai.networks import MultiAD
+from multiad_monai.networks.normalizer import prior_gain
 from multiad_monai.recipe import Recipe
 
 
@@ -128,3 +131,20 @@ def test_calibration_maps_must_have_the_recipes_size():
     network = MultiAD(Recipe.paper(image_size=32))
     with pytest.raises(ValueError, match="calibration maps are \\(16, 16\\), the recipe's image_size is \\(32, 32\\)"):
         calibrate(network, [{"image": torch.rand(2, 3, 16, 16)}])
+
+
+def test_a_student_that_memorises_gives_the_adaptive_prior_its_full_gain():
+    """When the held-out rule stopped training because the student started to memorise, the trainer's state says
+    so and calibration weights the prior at the cap instead of by the (still small) measured gap."""
+    torch.manual_seed(0)
+    recipe = Recipe.paper(image_size=32, prior_weight=1.0, adaptive_prior=True)
+    network = MultiAD(recipe, pretrained_teacher=False)
+    normal = torch.rand(6, 3, 32, 32)
+    loader = DataLoader([{"image": x} for x in normal], batch_size=3)
+    measured_gain = calibrate(network, loader, loader).prior_gain
+    measured = float(network.normalizer.fusion_stats[3])  # the prior's std over its gain
+    trainer = SimpleNamespace(state=SimpleNamespace(student_memorises=True))
+    CalibrationHandler(network, loader, train_data_loader=loader)(trainer)
+    full = prior_gain(float("inf"))
+    assert full == 16.0
+    assert float(network.normalizer.fusion_stats[3]) * full == pytest.approx(measured * measured_gain, rel=1e-5)

@@ -9,12 +9,16 @@ from ignite.engine import Engine, Events
 
 from multiad_monai.calibration import calibrate
 from multiad_monai.networks.multiad import MultiAD
+from multiad_monai.networks.normalizer import prior_gain
 
 __all__ = ["CalibrationHandler"]
 
 
 class CalibrationHandler:
     """On ``COMPLETED``, run :func:`multiad_monai.calibration.calibrate` on the trained model and log what it chose.
+
+    When :class:`~multiad_monai.handlers.HeldOutStopping` ended training because the student started to memorise
+    (``engine.state.student_memorises``), an adaptive prior gets its full gain: it is to lead from there on.
 
     Args:
         network: the trained :class:`MultiAD`.
@@ -41,7 +45,9 @@ class CalibrationHandler:
         engine.add_event_handler(self.event, self)
 
     def __call__(self, engine: Engine) -> None:
-        result = calibrate(self.network, self.data_loader, self.train_data_loader)
+        memorises = getattr(engine.state, "student_memorises", False) if engine is not None else False
+        gain = prior_gain(float("inf")) if memorises else None
+        result = calibrate(self.network, self.data_loader, self.train_data_loader, prior_gain=gain)
         if result.reference_ratio is not None:
             reference = "nearest normal feature" if self.network.prior.uses_nearest else "mean normal feature"
             self.logger.info(f"teacher prior: nearest / mean distance {result.reference_ratio:.3f} -> {reference}")

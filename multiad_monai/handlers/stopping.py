@@ -29,7 +29,8 @@ class HeldOutStopping:
     - the generalisation gap (held-out over training distance, relative to the untrained student's, so that
       harder held-out images do not count) rises above the adaptive prior's noise level
       (:func:`~multiad_monai.networks.normalizer.prior_gain`): the student starts to memorise its training
-      images, and from there on calibration lets the student-free prior take over.
+      images; from there on the student-free prior is to lead, and calibration gives an adaptive prior its
+      full gain (``engine.state.student_memorises``).
 
     Training then ends after a cool-down of ``cooldown`` times the iterations trained so far, over which the
     learning rate falls to 0 along a cosine (:meth:`lr_factor`, for ``torch.optim.lr_scheduler.LambdaLR``), as a
@@ -73,6 +74,7 @@ class HeldOutStopping:
         self.decided_at: int | None = None  # the iteration the rule fired
         self.cooldown_iterations = 0
         self.baseline_gap: float | None = None  # the untrained student's
+        self.memorises = False  # the gap fired the rule
         self.best_distance: float | None = None
         self.checks_without_improvement = 0
         self.reason: str | None = None
@@ -90,6 +92,7 @@ class HeldOutStopping:
         return held_out, train
 
     def measure_baseline(self, engine: Engine) -> None:
+        engine.state.student_memorises = self.memorises  # for calibration (a resumed run's, from its checkpoint)
         if self.baseline_gap is None:  # a resumed run keeps the one of its start
             held_out, train = self.distances()
             self.baseline_gap = held_out / max(train, 1e-12)
@@ -115,6 +118,7 @@ class HeldOutStopping:
             f"iteration {engine.state.iteration}: held-out distance {held_out:.4f}, generalisation gap {gap:.4f}"
         )
         if prior_gain(gap) > 1.0:
+            self.memorises = True
             self.reason = f"the student starts to memorise its training images (generalisation gap {gap:.3f})"
         elif self.best_distance is None or held_out < self.best_distance * (1.0 - self.min_delta):
             self.best_distance, self.checks_without_improvement = held_out, 0
@@ -127,6 +131,7 @@ class HeldOutStopping:
                 )
         if idist.get_world_size() > 1:  # rank 0 decides, so that every rank stops at the same iteration
             self.reason = idist.broadcast(self.reason or "", src=0, safe_mode=True) or None
+        engine.state.student_memorises = self.memorises
         if self.reason:
             self.decided_at = engine.state.iteration
             self.cooldown_iterations = math.ceil(self.cooldown * self.decided_at)
@@ -141,6 +146,7 @@ class HeldOutStopping:
             "checks_without_improvement": self.checks_without_improvement,
             "baseline_gap": self.baseline_gap,
             "reason": self.reason,
+            "memorises": self.memorises,
             "decided_at": self.decided_at,
             "cooldown_iterations": self.cooldown_iterations,
         }
@@ -150,6 +156,7 @@ class HeldOutStopping:
         self.checks_without_improvement = state.get("checks_without_improvement", 0)
         self.baseline_gap = state.get("baseline_gap")
         self.reason = state.get("reason")
+        self.memorises = state.get("memorises", False)
         self.decided_at = state.get("decided_at")
         self.cooldown_iterations = state.get("cooldown_iterations", 0)
 

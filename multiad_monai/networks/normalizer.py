@@ -100,7 +100,11 @@ class ScoreNormalizer(nn.Module):
 
     @torch.no_grad()
     def fit_fusion(
-        self, student_maps: torch.Tensor, prior_maps: torch.Tensor, student_train_maps: torch.Tensor | None = None
+        self,
+        student_maps: torch.Tensor,
+        prior_maps: torch.Tensor,
+        student_train_maps: torch.Tensor | None = None,
+        gain: float | None = None,
     ) -> float:
         """Standardisation of both maps, from their values on held-out normal images, and the prior's gain.
 
@@ -108,12 +112,15 @@ class ScoreNormalizer(nn.Module):
             student_maps: the fused student map on held-out normal images.
             prior_maps: the fused prior map on the same images.
             student_train_maps: the student map on training images, for the gain of ``adaptive_prior``.
+            gain: with ``adaptive_prior``, this gain instead of the one of the measured gap (e.g. the cap, when
+                training stopped because the student started to memorise).
 
         Returns:
             the gain applied to the prior (1 without ``adaptive_prior``).
         """
-        gain = 1.0
-        if self.adaptive_prior:
+        if not self.adaptive_prior:
+            gain = 1.0
+        elif gain is None:
             if student_train_maps is None:
                 raise ValueError("adaptive_prior needs the student map on training images")
             gain = prior_gain(float(student_maps.mean() / student_train_maps.mean().clamp(min=1e-12)))

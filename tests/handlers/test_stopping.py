@@ -105,6 +105,7 @@ def test_stops_when_the_student_starts_to_memorise():
     assert trainer.state.iteration < 200 and "starts to memorise" in stopping.reason
     assert trainer.state.metrics["generalisation_gap"] > 1.02
     assert stopping.baseline_gap is not None  # measured on the untrained student, at the start
+    assert stopping.memorises and trainer.state.student_memorises  # calibration gives the prior its full gain
 
 
 def test_cool_down_anneals_the_learning_rate_before_stopping():
