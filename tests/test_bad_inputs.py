@@ -90,7 +90,7 @@ def test_inputs_that_share_a_stem_get_their_own_outputs(inferer, tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"epochs": 0}, "epochs must be a whole number >= 1, got 0"),
+        ({"epochs": 0}, "epochs must be a whole number >= 1 or null (stop when learned), got 0"),
         ({"category": 1}, "/1 does not exist"),
         ({"dataset_dir": "/data/run#2"}, "dataset_dir '/data/run::2' does not exist and holds '::'"),
         ({"keep_aspect": "false", "resume": "False"}, "resume='False', keep_aspect='false': on/off keys take True"),
