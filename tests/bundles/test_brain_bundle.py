@@ -76,11 +76,13 @@ def test_training_logs_a_real_mlflow_run(trained):
 
 def test_default_training_stops_by_the_held_out_rule(mvtec_dir, tmp_path):
     """Without --epochs the run ends when the student stops improving on the held-out images, within the budget,
-    and says why; the rule's measurements are in the MLflow run."""
+    and says why; the rule's measurements are in the MLflow run. A student that cannot learn (learning rate 0)
+    sets the best distance at the first check (iteration 2), fails to improve at the second and cools down for 1."""
     out = str(tmp_path)
-    run_in_process("brain", "training", dataset_dir=mvtec_dir, output_dir=out, **{**TINY, "max_iterations": 40})
+    overrides = {**TINY, "max_iterations": 40, "learning_rate": 0.0}
+    run_in_process("brain", "training", dataset_dir=mvtec_dir, output_dir=out, **overrides)
     metrics = json.load(open(os.path.join(out, "metrics.json"), encoding="utf-8"))
-    assert 0 < metrics["iterations"] < 40 and metrics["stop_reason"], metrics
+    assert metrics["iterations"] == 5 and "held-out distance" in metrics["stop_reason"], metrics
     client = mlflow.MlflowClient(tracking_uri="sqlite:///" + os.path.join(out, "mlruns.db"))
     (run_,) = client.search_runs([client.get_experiment_by_name("multiad_brain").experiment_id])
     assert run_.data.params["epochs"] == "None" and run_.data.params["max_iterations"] == "40"
