@@ -276,7 +276,7 @@ BAD_REQUESTS = [
     ("/infer/brain?image=lesion0&output=pdf", {}, 422, "output"),
     ("/train/nope", {"json": {}}, 404, "unknown model 'nope'"),
     ("/train/brain", {"json": {"epochz": 1}}, 400, "unknown train parameter 'epochz'"),
-    ("/train/brain", {"json": {"epochs": "many"}}, 400, "'epochs' must be like"),
+    ("/train/brain", {"json": {"epochs": "many"}}, 400, "'epochs' must be a whole number or null"),
     ("/train/brain", {"json": {"epochs": 1}}, 409, "at least 3 studies marked normal, found 0"),
     ("/scoring/nope", {}, 404, "unknown scoring method 'nope'"),
     ("/activelearning/nope", {}, 404, "unknown strategy 'nope'"),

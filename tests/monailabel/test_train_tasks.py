@@ -54,7 +54,7 @@ BAD_PARAMS = [
     ('{"betas": [0.5, -Infinity]}', "'betas' must be a finite number, got -inf"),
     ('{"calibration_fraction": 1.0}', "'calibration_fraction' must be in (0, 1), got 1.0"),
     ('{"epochs": 0}', "'epochs' must be >= 1, got 0"),
-    ('{"epochs": 1.5}', "'epochs' must be like the bundle's 5 (int), got 1.5"),
+    ('{"epochs": 1.5}', "'epochs' must be a whole number or null (held-out rule), got 1.5"),
     ('{"seed": -1}', "'seed' must be in [0, 4294967295], got -1"),
 ]
 
